@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make lab    set up, make sure the brokers run, open the notebooks in JupyterLab
+#   make test   set up, make sure the brokers run, run every test and every notebook
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: lab test brokers bench lint
+
+lab: brokers
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: brokers
+	PATTERNS_SCALE=small $(PYTHON) -m pytest $(ARGS)
+
+brokers: $(INSTALLED)
+	$(PYTHON) -m patterns.brokers up
+
+bench: brokers
+	$(PYTHON) -m patterns.bench kit --json
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check patterns tests notebooks
+	$(VENV)/bin/ruff format --check patterns tests
+
+$(INSTALLED): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@

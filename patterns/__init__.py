@@ -1,0 +1,1 @@
+"""Messaging and integration patterns, runnable: the code every notebook imports."""

@@ -1,0 +1,1 @@
+"""The chapter's introduction, runnable: the building blocks every later pattern uses."""

@@ -1,0 +1,24 @@
+import contextlib
+import os
+import signal
+
+import pytest
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a running process (not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def reap():
+    """pids to SIGKILL after the test, whatever happened (a failing test leaves nothing)."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,25 @@
+import json
+import subprocess
+import sys
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "patterns.bench", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_help_lists_every_benchmark() -> None:
+    run = bench("--help")
+    assert run.returncode == 0
+    assert "kit " in run.stdout and "--quick" in run.stdout
+
+
+def test_kit_prints_one_json_object_with_both_costs() -> None:
+    # the numbers are checked by running the benchmark, not here: a timed test is flaky
+    run = bench("kit", "--json", "--quick")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["benchmark"] == "kit" and result["quick"] is True
+    assert result["latency_record_ns"] > 0 and result["ledger_record_ns"] > 0
+    assert isinstance(result["meets_target"], bool)
