@@ -103,3 +103,15 @@ async def test_children_do_not_outlive_their_parent(how: str, reap) -> None:
     if how == "exit":  # atexit stops the whole group
         await asyncio.sleep(0.1)
         assert not alive(grandchild)
+
+
+async def test_together_fails_at_once_when_one_fails(reap) -> None:
+    child = await processes.start("tests.child", "run")
+    reap.append(child.pid)
+
+    async def dies() -> None:
+        raise ChildFailed("the sender died")
+
+    with pytest.raises(ChildFailed, match="the sender died"):
+        await asyncio.wait_for(processes.together(child.next_report("never"), dies()), 5)
+    await child.stop()
