@@ -9,8 +9,11 @@ ARGS ?=
 
 .PHONY: lab test brokers bench lint
 
+# bound to loopback; root (as in a container) must say so explicitly to JupyterLab
+LAB_FLAGS ?= --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: brokers
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 test: brokers
 	PATTERNS_SCALE=small $(PYTHON) -m pytest $(ARGS)
