@@ -183,11 +183,16 @@ class ChatServer:
         )
 
 
-def on_state(state: str, detail: str) -> None:
-    """A backend's connection news: logged, and reported to a parent process if there is one."""
-    log.warning("backend %s: %s", state, detail)
+def tell_parent(event: str, **fields: object) -> None:
+    """Report to the parent process, if there is one (in a terminal, the log says it all)."""
     if processes.REPORT_FD in os.environ:
-        processes.report("state", state=state, detail=detail)
+        processes.report(event, **fields)
+
+
+def on_state(state: str, detail: str) -> None:
+    """A backend's connection news: logged, and told to a parent process."""
+    log.warning("backend %s: %s", state, detail)
+    tell_parent("state", state=state, detail=detail)
 
 
 async def serve(backend: Backend, host: str, port: int) -> None:
