@@ -168,11 +168,15 @@ async def publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[
         connection = await aiormq.connect(config.AMQP_URL)
         channel = await connection.channel()
         await channel.exchange_declare(topic, exchange_type="fanout", durable=True)
-        persistent = aiormq.spec.Basic.Properties(delivery_mode=2)
 
         async def amqp_send(frames: list[bytes]) -> None:
             await asyncio.gather(
-                *(channel.basic_publish(f, exchange=topic, properties=persistent) for f in frames)
+                *(
+                    channel.basic_publish(
+                        f, exchange=topic, properties=aiormq.spec.Basic.Properties(delivery_mode=2)
+                    )
+                    for f in frames
+                )
             )
 
         try:

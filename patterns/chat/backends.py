@@ -84,7 +84,10 @@ class RedisPubSub(Backend):
 
 class ZeroMQ(Backend):
     """Peer to peer: bind a PUB socket, connect a SUB socket to each peer's, and to our own
-    (so this instance's clients hear their messages the way everyone else does)."""
+    (so this instance's clients hear their messages the way everyone else does).
+
+    An instance is ready when every peer it was given has subscribed to it; started one
+    at a time, the first ones wait for the others (their pages work meanwhile)."""
 
     name = "zmq"
 
@@ -105,7 +108,10 @@ class ZeroMQ(Backend):
         self.publisher = zmq_peers.Publisher(self.context, self.pub, topic)
         peers = [self.publisher.endpoint, *self.subs]
         self.subscriber = zmq_peers.Subscriber(self.context, peers, topic, on_state=self.on_state)
-        await self.publisher.wait_for_subscribers(1)  # our own SUB: the handshake, not a sleep
+        # The slow-joiner handshake: ready once our own SUB and every peer's has subscribed
+        # to us, so nothing a client sends from then on misses a peer.
+        self.on_state("waiting", f"for {len(peers)} subscriptions (ours and our peers')")
+        await self.publisher.wait_for_subscribers(len(peers))
         self._peers = asyncio.create_task(self._watch_subscriptions())
         return {"pub": self.publisher.endpoint, "subs": list(self.subs)}
 

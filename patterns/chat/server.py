@@ -104,7 +104,8 @@ class ChatServer:
         self.page = PAGE.read_text().replace("{{MAX_MESSAGE_BYTES}}", str(MAX_MESSAGE_BYTES))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30)
+        # aiohttp refuses a message whose size reaches max_msg_size: +1 admits the limit itself
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES + 1, heartbeat=30)
         if not ws.can_prepare(request).ok:  # a plain GET: the page (WIRE.md: same URL)
             return web.Response(text=self.page, content_type="text/html")
         await ws.prepare(request)
@@ -121,6 +122,7 @@ class ChatServer:
         client = Client(ws)
         self.clients.add(client)  # live messages are held from now on...
         upto = self.backend.history_point()
+        code = None  # the close code we chose, if we closed it
         try:
             # ...while the history is fetched, up to where live delivery stood when we joined
             client.release(await self.backend.history(upto), self.backend.history_may_overlap)
@@ -128,13 +130,15 @@ class ChatServer:
                 if frame.type == WSMsgType.TEXT:
                     await self.outbox.put(frame.data.encode())  # waits while the outbox is full
                 elif frame.type == WSMsgType.BINARY:
-                    await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text frames only")
+                    code = WSCloseCode.UNSUPPORTED_DATA
+                    await ws.close(code=code, message=b"text frames only")
                 elif frame.type == WSMsgType.ERROR:  # aiohttp has closed it: 1009 or 1007
-                    log.warning("closed a client: %s", frame.data)
+                    code = getattr(frame.data, "code", None)
+                    log.warning("closed a client (%s): %s", code, frame.data)
         finally:
             self.clients.discard(client)
             await client.stop()
-            code = ws.close_code or 0
+            code = int(code or (TOO_SLOW if client.closing else ws.close_code) or 0)
             self.closed_with[code] = self.closed_with.get(code, 0) + 1
 
     async def relay(self) -> None:

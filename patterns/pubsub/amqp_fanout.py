@@ -19,6 +19,7 @@ consumer asks for the next batch, that is, after it has handled this one.
 """
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import aiormq
@@ -29,7 +30,6 @@ from patterns.pubsub.retry import Backoff, OnState, log_state, reason
 
 EXCHANGE = "chat"  # WIRE.md
 PREFETCH = 1000
-PERSISTENT = Basic.Properties(delivery_mode=2)
 CONNECTION_ERRORS = (OSError, aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.AMQPError)
 
 
@@ -37,6 +37,12 @@ async def declare_exchange(channel: aiormq.abc.AbstractChannel, exchange: str) -
     # durable, as amqplib's assertExchange declares it by default: the book's samples and
     # ours must declare it alike, or RabbitMQ refuses the second (PRECONDITION_FAILED)
     await channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
+
+
+def persistent() -> Basic.Properties:
+    """Properties of a persistent message with an id of its own (a durable consumer stores
+    by id). A new object each time: aiormq writes a missing message id into the one given."""
+    return Basic.Properties(delivery_mode=2, message_id=uuid.uuid4().hex)
 
 
 class Publisher:
@@ -60,8 +66,9 @@ class Publisher:
         """Return once RabbitMQ has confirmed every message of the batch (raises if not)."""
         channel = await self._open()
         publish = channel.basic_publish
-        confirms = [publish(p, exchange=self.exchange, properties=PERSISTENT) for p in payloads]
-        await asyncio.gather(*confirms)
+        await asyncio.gather(
+            *(publish(p, exchange=self.exchange, properties=persistent()) for p in payloads)
+        )
 
     async def aclose(self) -> None:
         if self._connection is not None and not self._connection.is_closed:

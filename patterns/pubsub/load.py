@@ -21,6 +21,7 @@ subscribers are WebSocket clients of it.
 import argparse
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -242,8 +243,6 @@ async def publisher_main(options: argparse.Namespace) -> None:
 
 def free_endpoint() -> str:
     """A free loopback TCP port for a ZeroMQ publisher, chosen before its subscribers start."""
-    import socket
-
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe_socket.getsockname()[1]}"
