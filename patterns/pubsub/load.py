@@ -21,7 +21,6 @@ subscribers are WebSocket clients of it.
 import argparse
 import asyncio
 import contextlib
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +30,7 @@ import aiohttp
 import zmq.asyncio
 
 from patterns import config, processes
+from patterns.chat.instances import free_port
 from patterns.fundamentals.oneway import send as send_probes
 from patterns.measure import (
     DeliveryLedger,
@@ -159,13 +159,14 @@ async def drain(
     ledger: DeliveryLedger,
     work_s: float,
     span: list[int],
+    idle_s: float = IDLE_S,
 ) -> int:
     """Record every probe this subscriber gets until the end marker; return the malformed."""
     malformed = 0
     iterator = aiter(batches)
     while True:
         try:
-            batch = await asyncio.wait_for(anext(iterator), IDLE_S)
+            batch = await asyncio.wait_for(anext(iterator), idle_s)
         except TimeoutError:
             return malformed
         now_ns = time.perf_counter_ns()
@@ -204,7 +205,7 @@ async def subscriber_main(options: argparse.Namespace) -> None:
             async with reporting(processes.report, meter, latency):
                 malformed = await asyncio.gather(
                     *(
-                        drain(key, batches, meter, latency, ledger, work_s, span)
+                        drain(key, batches, meter, latency, ledger, work_s, span, options.idle)
                         for key, batches in enumerate(connections)
                     )
                 )
@@ -243,9 +244,25 @@ async def publisher_main(options: argparse.Namespace) -> None:
 
 def free_endpoint() -> str:
     """A free loopback TCP port for a ZeroMQ publisher, chosen before its subscribers start."""
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe_socket.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+async def follow(
+    receiver: processes.Child,
+    plot: LivePlot | None,
+    series: str,
+    on_report: Callable[[dict], None] | None,
+) -> dict:
+    """The subscriber's "result"; its stats drawn on the way, every report shown to
+    `on_report` (a notebook cuts a connection once enough has arrived)."""
+    async for report in receiver.reports():
+        if report["event"] == "result":
+            return report
+        if report["event"] == "stats" and plot is not None:
+            plot.add(series, report)
+        if on_report is not None:
+            on_report(report)
+    raise processes.ChildFailed(f"the subscribers exited without a result:\n{receiver.log()}")
 
 
 async def run(
@@ -257,29 +274,33 @@ async def run(
     plot: LivePlot | None = None,
     series: str | None = None,
     env: dict[str, str] | None = None,
+    on_report: Callable[[dict], None] | None = None,
+    subscriber_env: dict[str, str] | None = None,
     **extra: Any,
 ) -> dict:
     """Start the subscribing process (N connections), then the publisher; return the
-    subscribers' result, with the publisher's send rate. `extra`: more options of both, e.g.
-    work_ms=1 (slow subscribers), hwm=100, handshake=False, impl="raw"."""
+    subscribers' result, with the publisher's send rate. `env` is for both processes,
+    `subscriber_env` for the subscribers only (a proxy only they go through). `extra`: more
+    options of both, e.g. work_ms=1 (slow subscribers), hwm=100, handshake=False, size=1000,
+    impl="raw"."""
     options = {"transport": transport, "topic": topic, "count": count} | extra
     if transport == "zmq":
         options.setdefault("endpoint", free_endpoint())
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     async with processes.children() as started:
         receiver = await processes.start(
-            __name__, "subscribe", *flags, f"--subscribers={subscribers}", env=env
+            __name__,
+            "subscribe",
+            *flags,
+            f"--subscribers={subscribers}",
+            env=(env or {}) | (subscriber_env or {}),
         )
         started.append(receiver)
         publish_flags = [*flags, f"--subscribers={subscribers}"]
         publish_flags += [f"--rate={rate}"] if rate else []
         sender = await processes.start(__name__, "publish", *publish_flags, env=env)
         started.append(sender)
-        received = (
-            receiver.next_report("result")
-            if plot is None
-            else plot.follow(series or NAMES[transport], receiver.reports())
-        )
+        received = follow(receiver, plot, series or NAMES[transport], on_report)
         result, sent = await processes.together(received, sender.next_report("result"))
     return result | {"send_rate": sent["rate"]}
 
@@ -303,6 +324,7 @@ def main() -> None:
     )
     parser.add_argument("--maxlen", type=int, default=redis_streams.MAXLEN, help="streams")
     parser.add_argument("--work-ms", type=float, default=0.0, help="subscribe: ms per message")
+    parser.add_argument("--idle", type=float, default=IDLE_S, help="subscribe: stop after")
     parser.add_argument("--impl", choices=("ours", "raw"), default="ours")
     options = parser.parse_args()
     processes.run((subscriber_main if options.role == "subscribe" else publisher_main)(options))
