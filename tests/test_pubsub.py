@@ -95,14 +95,14 @@ async def test_redis_disconnects_a_slow_subscriber_at_its_output_buffer_limit(to
         states.extend([report["state"]] if report["event"] == "state" else [])
 
     async with private_redis("client-output-buffer-limit", "pubsub 256kb 0 0") as url:
-        # 2 kB messages: a backlog that outgrows the kernel's socket buffers, then Redis's limit
+        # 4 kB messages: a backlog that outgrows the kernel's socket buffers, then Redis's limit
         result = await load.run(
             "redis",
             topic,
-            5_000,
+            10_000,
             rate=10_000,
-            size=2_000,
-            work_ms=0.5,
+            size=4_000,
+            work_ms=1,
             idle=2,
             env={"REDIS_URL": url},
             on_report=note,

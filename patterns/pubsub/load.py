@@ -166,7 +166,8 @@ async def drain(
     iterator = aiter(batches)
     while True:
         try:
-            batch = await asyncio.wait_for(anext(iterator), idle_s)
+            # before the first message, the publisher may still be starting
+            batch = await asyncio.wait_for(anext(iterator), idle_s if span[0] else IDLE_S)
         except TimeoutError:
             return malformed
         now_ns = time.perf_counter_ns()
@@ -305,6 +306,32 @@ async def run(
     return result | {"send_rate": sent["rate"]}
 
 
+SUBSCRIBER_COUNTS = (1, 4, 16)
+
+
+async def sweep(
+    transport: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    plot: LivePlot | None = None,
+    counts: tuple[int, ...] = SUBSCRIBER_COUNTS,
+) -> list[dict]:
+    """The same open-loop load (`rate` per second for `seconds`) to 1, 4, 16 subscribers:
+    one row per count (deliveries per second over all subscribers, latency, ledger)."""
+    rows = []
+    for n in counts:
+        series = f"{n} subscriber{'s' if n > 1 else ''}"
+        result = await run(transport, topic, int(rate * seconds), n, rate, plot, series)
+        ledger = result["ledger"]
+        rows.append(
+            {"subscribers": n, "deliveries/s": result["rate"]}
+            | {f"{p} ms": result["latency"][f"{p}_ns"] / 1e6 for p in ("p50", "p99", "max")}
+            | {k: ledger[k] for k in ("received", "lost", "duplicated", "out_of_order")}
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("role", choices=("publish", "subscribe"))
@@ -324,7 +351,9 @@ def main() -> None:
     )
     parser.add_argument("--maxlen", type=int, default=redis_streams.MAXLEN, help="streams")
     parser.add_argument("--work-ms", type=float, default=0.0, help="subscribe: ms per message")
-    parser.add_argument("--idle", type=float, default=IDLE_S, help="subscribe: stop after")
+    parser.add_argument(
+        "--idle", type=float, default=IDLE_S, help="subscribe: stop after this many silent s"
+    )
     parser.add_argument("--impl", choices=("ours", "raw"), default="ours")
     options = parser.parse_args()
     processes.run((subscriber_main if options.role == "subscribe" else publisher_main)(options))
