@@ -214,7 +214,8 @@ async def measure(transport: str, impl: str, count: int, rate: int, seconds: flo
         await cleanup(transport, topic)
     for result in (closed, opened):
         ledger = result["ledger"]
-        assert ledger["lost"] == ledger["duplicated"] == 0, f"{transport} {impl}: {ledger}"
+        counts = {k: ledger[k] for k in ("sent", "received", "lost", "duplicated")}
+        assert ledger["lost"] == ledger["duplicated"] == 0, f"{transport} {impl}: {counts}"
     return {
         "rate": closed["rate"],
         "p50_ms": opened["latency"]["p50_ns"] / 1e6,

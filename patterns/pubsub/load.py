@@ -236,7 +236,7 @@ async def publisher_main(options: argparse.Namespace) -> None:
             await send_probes(send_batch, "p0", options.count, options.rate, options.size)
             elapsed = time.perf_counter() - started
     finally:
-        context.destroy(linger=1000)  # what is queued for fast subscribers still goes out
+        context.destroy(linger=10_000)  # what is still queued goes out (up to 10 s)
     processes.report("result", sent=options.count, rate=round(options.count / elapsed))
 
 
