@@ -200,3 +200,13 @@ def reply_body(result: Answer, counts: ReplierCounts) -> tuple[bytes, str | None
             return body, None
     counts.refused += 1
     return wire.dumps({"error": problem}), ERROR
+
+
+async def delete_queue(name: str, url: str = config.AMQP_URL) -> None:
+    """Delete a queue this code declared (a test's or a benchmark's requests queue)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+    finally:
+        await connection.close()

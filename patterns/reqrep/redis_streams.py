@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from patterns import config, processes
@@ -50,6 +52,9 @@ REPLIES_PREFIX = "replies:"
 BLOCK_S = 1  # blocking reads wait at most this long, well under the socket timeout
 BATCH = 1_000
 MAX_QUEUED = 10_000  # requests waiting to be sent before a requester waits for room
+# a requester rides out a broken connection for about a second (its replies wait in its
+# list meanwhile); if Redis stays away longer, every pending request fails
+RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=3)
 
 T = TypeVar("T")
 
@@ -95,8 +100,8 @@ class RedisRequester(Requester):
         super().__init__(timeout)
         self.url, self.stream = url, stream
         self.reply_to = f"{REPLIES_PREFIX}{self._prefix}"
-        self.client = aioredis.from_url(url)
-        self.reader = aioredis.from_url(url, socket_timeout=BLOCK_S + 5)
+        self.client = aioredis.from_url(url, retry=RETRY)
+        self.reader = aioredis.from_url(url, retry=RETRY, socket_timeout=BLOCK_S + 5)
         self.requests = Batcher(self.client, self._write_request)
         self._tasks = [
             asyncio.create_task(self._watched(self.requests.run(self._on_sent))),
