@@ -15,7 +15,9 @@ Each requester pops its own list.
 What makes it safe to leave running:
 
 * a replier that dies leaves its requests pending in the group; the others take them over
-  (XAUTOCLAIM) once they have been idle for `claim_after` seconds;
+  (XAUTOCLAIM) once they have been idle for `claim_after` seconds. A live replier resets
+  the idle time of the requests it is still working on every `claim_after / 2` seconds,
+  so a slow request is not taken from a replier that is alive;
 * a request older than its `timeout_ms` is skipped (its requester gave up), so a backlog
   left by an outage drains at once instead of being computed for nobody;
 * a reply list expires `timeout_ms` after its last reply, so the replies to a requester
@@ -59,6 +61,18 @@ RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=3)
 T = TypeVar("T")
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a Redis call swallowed.
+
+    redis-py sends each command under `asyncio.wait_for` (the socket timeout), and on
+    Python 3.11 `wait_for` loses a cancellation that arrives just as the command completes
+    (fixed in 3.12); the task is left marked as cancelling, so loops check after each call.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Batcher(Generic[T]):
     """Commands from many callers, sent together: one round trip per batch, not per command.
 
@@ -81,6 +95,7 @@ class Batcher(Generic[T]):
             await self._wake.wait()
             self._wake.clear()
             await self.flush(on_results)
+            raise_if_cancelled()
 
     async def flush(self, on_results: Callable[[list[T], list[Any]], None]) -> None:
         items, self.queued = self.queued, []
@@ -131,6 +146,7 @@ class RedisRequester(Requester):
             popped = await self.reader.blmpop(
                 BLOCK_S, 1, self.reply_to, direction="LEFT", count=BATCH
             )
+            raise_if_cancelled()
             for raw in popped[1] if popped else ():
                 try:
                     request_id, data, error = wire.read_reply(raw)
@@ -185,7 +201,8 @@ async def serve(
     group: str = GROUP,
 ) -> None:
     """Answer the group's requests, at most `prefetch` at once; take over abandoned ones."""
-    counts, waiting = ReplierCounts(), set[asyncio.Task]()
+    counts = ReplierCounts()
+    working: dict[asyncio.Task, bytes] = {}  # requests answered later -> their entry ids
     consumer = f"replier-{uuid.uuid4().hex}"
     client = aioredis.from_url(url, socket_timeout=BLOCK_S + 5)
 
@@ -234,8 +251,8 @@ async def serve(
                     task = asyncio.create_task(
                         reply_later(entry_id, reply_to, request_id, result, ttl_ms)
                     )
-                    waiting.add(task)
-                    task.add_done_callback(waiting.discard)
+                    working[task] = entry_id
+                    task.add_done_callback(working.pop)
 
     def read(data: bytes | None) -> Answer | Any:
         try:
@@ -250,12 +267,15 @@ async def serve(
         processes.report("ready", stream=stream, group=group, consumer=consumer)
         claimed_at = 0.0
         while not flusher.done():
-            if len(waiting) >= prefetch:
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if len(working) >= prefetch:
+                await asyncio.wait(working, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            room = prefetch - len(waiting)
+            room = prefetch - len(working)
             if time.monotonic() - claimed_at > claim_after / 2:
                 claimed_at = time.monotonic()
+                if working:  # still at work on these: reset their idle time, so nobody takes them
+                    ids = list(working.values())
+                    await client.xclaim(stream, group, consumer, 0, ids, justid=True)
                 _, entries, _ = await client.xautoclaim(
                     stream, group, consumer, int(claim_after * 1000), count=room
                 )
@@ -264,11 +284,12 @@ async def serve(
             read_from = await client.xreadgroup(
                 group, consumer, {stream: ">"}, count=room, block=BLOCK_S * 1000
             )
+            raise_if_cancelled()
             for _, entries in read_from:
                 take(entries)
         await flusher  # raises why it stopped
     finally:
-        for task in waiting:
+        for task in working:
             task.cancel()
         with contextlib.suppress(RedisError):
             await replies.flush(on_replied)  # what was answered before the end

@@ -70,15 +70,15 @@ class ZmqRequester(Requester):
         while True:
             try:
                 self._socket.send(frame, zmq.NOBLOCK)
-                break
             except zmq.Again:  # no replier connected, or its queue is full: wait for room
                 self._writable.clear()
                 self._on_events()
                 if not self._writable.is_set():
                     await self._wait_to_send(self._writable.wait(), future)
-        # a send can consume the socket's wake-up signal: look for replies that came meanwhile
-        if self._socket.get(zmq.EVENTS) & zmq.POLLIN:
-            self._loop.call_soon(self._on_events)
+            else:
+                # a send can consume the socket's wake-up signal: look at its events now
+                self._on_events()
+                return
 
     def _on_events(self) -> None:
         """The socket's file descriptor says "something changed": take every reply there is.
