@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from patterns import processes
@@ -137,32 +136,18 @@ async def requester(
 async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
     """Answer requests on a ROUTER bound at `endpoint`, each to the connection it came from."""
     counts, waiting = ReplierCounts(), set[asyncio.Task]()
-    context = zmq.asyncio.Context()
-    router = context.socket(zmq.ROUTER)
+    loop = asyncio.get_running_loop()
+    router = zmq.Context.instance().socket(zmq.ROUTER)
     router.linger = 0
     router.router_mandatory = True  # a reply to a requester that is gone raises, to be counted
-    nonblocking = zmq.Socket.shadow(router.underlying)
 
-    def send(envelope: list[bytes], reply: bytes) -> None:
-        try:
-            nonblocking.send_multipart([*envelope, reply], zmq.NOBLOCK)
-        except zmq.ZMQError as error:
-            if error.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                raise
-            counts.undeliverable += 1  # the requester left, or does not read its replies
-
-    async def send_later(envelope: list[bytes], reply: Any) -> None:
-        send(envelope, await reply)
-
-    try:
-        router.bind(endpoint)
-        processes.report("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-        while True:
-            await router.poll(flags=zmq.POLLIN)
+    def on_events() -> None:
+        """Take every request there is (the descriptor signals edges, as for the requester)."""
+        while router.get(zmq.EVENTS) & zmq.POLLIN:
             with contextlib.suppress(zmq.Again):
                 for _ in range(BATCH):
                     # [identity, payload] from a DEALER; REQ adds an empty frame between
-                    *envelope, payload = nonblocking.recv_multipart(zmq.NOBLOCK)
+                    *envelope, payload = router.recv_multipart(zmq.NOBLOCK)
                     reply = respond(handler, payload, counts)
                     if isinstance(reply, bytes):
                         send(envelope, reply)
@@ -170,9 +155,28 @@ async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
                         task = asyncio.create_task(send_later(envelope, reply))
                         waiting.add(task)
                         task.add_done_callback(waiting.discard)
+
+    def send(envelope: list[bytes], reply: bytes) -> None:
+        try:
+            router.send_multipart([*envelope, reply], zmq.NOBLOCK)
+        except zmq.ZMQError as error:
+            if error.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            counts.undeliverable += 1  # the requester left, or does not read its replies
+
+    async def send_later(envelope: list[bytes], reply: Any) -> None:
+        send(envelope, await reply)
+        on_events()  # the send may have consumed the signal of a request that came meanwhile
+
+    try:
+        router.bind(endpoint)
+        loop.add_reader(router.FD, on_events)
+        processes.report("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
+        on_events()
+        await loop.create_future()  # until cancelled
     finally:
+        loop.remove_reader(router.FD)
         for task in waiting:
             task.cancel()
         router.close()
-        context.term()
         processes.report("result", **vars(counts))
