@@ -325,3 +325,24 @@ async def test_an_open_loop_run_reports_steps_and_leaves_nothing_pending() -> No
     assert [step["answered"] for step in result["steps"]] == [100, 250]
     assert all(step["p50_ms"] > 0 and "requester" in step["cores"] for step in result["steps"])
     assert result["requester"]["pending"] == 0
+
+
+# ---- the benchmark ----------------------------------------------------------------------
+
+
+def test_the_benchmark_reports_every_transport_against_the_raw_client() -> None:
+    # the numbers are checked by running the benchmark, not here: a timed test is flaky
+    run = subprocess.run(
+        [sys.executable, "-m", "patterns.bench", "reqrep", "--json", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert set(result["transports"]) == set(TRANSPORTS)
+    for numbers in result["transports"].values():
+        assert numbers["ours_p50_ms"] > 0 and numbers["raw_p50_ms"] > 0
+        assert numbers["ratio"] == round(numbers["raw_p50_ms"] / numbers["ours_p50_ms"], 3)
+        assert numbers["max_rps_1"] > 0 and numbers["max_rps_64"] > 0
+    assert isinstance(result["meets_target"], bool)
