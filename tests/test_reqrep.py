@@ -185,6 +185,18 @@ async def test_a_closed_requester_fails_at_once(transport: str) -> None:
             await asyncio.wait_for(connected.request({"a": 1, "b": 2}), 1)
 
 
+@pytest.mark.parametrize("transport", ["zmq", "amqp", "redis"])
+async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(transport: str) -> None:
+    async with serving(transport) as (address, started), requester(transport, address) as asker:
+        pending = [
+            asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(10)
+        ]
+        await eventually(lambda: asker.counts.sent == 10)
+        await asyncio.sleep(0.2)  # by now the replier has taken them (they take 500 ms)
+        await started[0].stop()
+        assert await asyncio.gather(*pending) == [{"sum": n} for n in range(10)]
+
+
 # ---- the pipe ---------------------------------------------------------------------------
 
 
@@ -200,7 +212,7 @@ async def test_when_the_pipe_replier_dies_every_pending_request_fails_at_once() 
         started = time.perf_counter()
         results = await asyncio.gather(*pending, return_exceptions=True)
         assert time.perf_counter() - started < 2  # not the 30 s timeout
-        reason = f"the replier (pid {connected.pid}) exited with code -9"
+        reason = f"the replier (pid={connected.pid}) exited with code -9"
         assert all(isinstance(r, ChannelClosed) and r.reason == reason for r in results)
         with pytest.raises(ChannelClosed, match="exited with code -9"):
             await asyncio.wait_for(connected.request({"a": 1, "b": 1}), 1)

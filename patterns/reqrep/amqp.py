@@ -41,7 +41,7 @@ from patterns import config, processes
 from patterns.messages import MalformedMessage
 from patterns.reqrep import wire
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, ChannelClosed, Requester
-from patterns.reqrep.replier import Answer, Handler, ReplierCounts, answer
+from patterns.reqrep.replier import GRACE_S, Answer, Handler, ReplierCounts, answer
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,18 @@ async def serve(
     await channel.queue_declare(queue, durable=True)
     await channel.basic_qos(prefetch_count=prefetch)
 
+    working: set[asyncio.Task] = set()
+
     async def on_request(message: DeliveredMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        working.add(task)
+        try:
+            await handle(message)
+        finally:
+            working.discard(task)
+
+    async def handle(message: DeliveredMessage) -> None:
         properties = message.header.properties
         counts.redelivered += bool(message.delivery.redelivered)
         if properties.reply_to:
@@ -179,10 +190,15 @@ async def serve(
         return result if isinstance(result, tuple) else await result
 
     try:
-        await channel.basic_consume(queue, on_request)
+        consumer = await channel.basic_consume(queue, on_request)
         processes.report("ready", queue=queue)
         await channel.closing
     finally:
+        if not channel.is_closed:  # take no more requests; answer those in hand
+            with contextlib.suppress(AMQPError):
+                await channel.basic_cancel(consumer.consumer_tag)
+            if working:
+                await asyncio.wait(working, timeout=GRACE_S)
         await connection.close()
         processes.report("result", **vars(counts))
 

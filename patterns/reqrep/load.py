@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,11 +29,11 @@ import redis.asyncio as aioredis
 from patterns import config, processes
 from patterns.measure import LatencyRecorder, paced
 from patterns.reqrep import NAMES, TRANSPORTS, Requester, RequestFailed, RequestTimeout, requester
-from patterns.reqrep.pacing import timer_paced
+from patterns.reqrep.pacing import Pacer, lateness, timer_paced
 
 REQUEST = {"a": 1, "b": 2}
 INTERVAL_S = 0.25
-PACERS: dict[str, Callable[[float, int], AsyncIterator[list[int]]]] = {
+PACERS: dict[str, Pacer] = {
     "timerfd": timer_paced,
     "asyncio": lambda rate, count: paced(rate, count, precise=False),
     "blocking": lambda rate, count: paced(rate, count, precise=True),
@@ -240,6 +239,30 @@ async def forget(transport: str, address: str) -> None:
             await client.aclose()
 
 
+async def lateness_main(options: argparse.Namespace) -> None:
+    rate = float(options.rates.split(",")[0])
+    processes.report("ready")
+    late = {}
+    for name, pacer in PACERS.items():
+        late[name] = vars(await lateness(pacer, rate, max(1, round(rate * options.seconds))))
+    processes.report("result", rate=rate, lateness=late)
+
+
+async def pacers_compared(transport: str, rate: float, seconds: float) -> dict[str, dict]:
+    """Per pacer: how late it hands requests over, and the round trips measured with it."""
+    async with processes.children() as started:
+        child = await processes.start(
+            __name__, "--lateness", "--rates", str(rate), "--seconds", str(seconds)
+        )
+        started.append(child)
+        late = (await child.next_report("result"))["lateness"]
+    compared = {}
+    for pacer in PACERS:
+        step = (await run(transport, [rate], seconds, pacer=pacer))["steps"][0]
+        compared[pacer] = {"lateness": late[pacer], "round_trip": step}
+    return compared
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
@@ -249,7 +272,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="per request, in seconds")
     parser.add_argument("--pacer", choices=tuple(PACERS), default="timerfd")
     parser.add_argument("--replier-pid", type=int, help="to count the replier's CPU")
-    processes.run(load_main(parser.parse_args()))
+    parser.add_argument(
+        "--lateness", action="store_true", help="only measure how late each pacer is"
+    )
+    options = parser.parse_args()
+    processes.run(lateness_main(options) if options.lateness else load_main(options))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ import ctypes
 import os
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+
+from patterns.measure import LatencySummary, percentiles
 
 CLOCK_MONOTONIC = 1  # the clock of time.perf_counter_ns on Linux
 TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME = os.O_NONBLOCK, os.O_CLOEXEC, 1
@@ -91,3 +95,15 @@ async def timer_paced(rate: float, count: int) -> AsyncIterator[list[int]]:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+Pacer = Callable[[float, int], AsyncIterator[list[int]]]
+
+
+async def lateness(pacer: Pacer, rate: float, count: int) -> LatencySummary:
+    """How late `pacer` hands requests over: a floor under every latency measured with it."""
+    late_ns = []
+    async for due in pacer(rate, count):
+        now_ns = time.perf_counter_ns()
+        late_ns += [now_ns - scheduled_ns for scheduled_ns in due]
+    return percentiles(np.array(late_ns), limit_ns=10**10)

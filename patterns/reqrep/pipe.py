@@ -66,7 +66,7 @@ class PipeRequester(Requester):
     ) -> None:
         assert self._stdin is not None
         if self._stdin.is_closing():
-            raise ChannelClosed(request_id, self.closed or f"the replier ({self.pid}) is gone")
+            raise ChannelClosed(request_id, self.closed or f"the replier (pid={self.pid}) is gone")
         self._stdin.write(wire.request(request_id, data) + b"\n")
         if not self._writable.is_set():  # the pipe is full: the replier reads too slowly
             await self._wait_to_send(self._writable.wait(), future)
@@ -86,11 +86,11 @@ class PipeRequester(Requester):
             async with asyncio.timeout(EXIT_TIMEOUT_S):
                 await self._exited.wait()
         except TimeoutError:
-            self._close(f"the replier (pid {self.pid}) closed its stdout")
+            self._close(f"the replier (pid={self.pid}) closed its stdout")
         else:
             assert self.process is not None
             code = self.process.get_returncode()
-            self._close(f"the replier (pid {self.pid}) exited with code {code}")
+            self._close(f"the replier (pid={self.pid}) exited with code {code}")
 
     async def aclose(self) -> None:
         """Close the replier's stdin (it exits), wait for it, kill it if it does not."""

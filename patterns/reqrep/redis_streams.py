@@ -44,7 +44,7 @@ from patterns import config, processes
 from patterns.messages import MalformedMessage
 from patterns.reqrep import wire
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, ChannelClosed, Requester
-from patterns.reqrep.replier import Answer, Handler, ReplierCounts, answer
+from patterns.reqrep.replier import GRACE_S, Answer, Handler, ReplierCounts, answer
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,8 @@ async def serve(
                 take(entries)
         await flusher  # raises why it stopped
     finally:
+        if working:  # take no more requests; answer those in hand
+            await asyncio.wait(working, timeout=GRACE_S)
         for task in working:
             task.cancel()
         with contextlib.suppress(RedisError):

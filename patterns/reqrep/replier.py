@@ -4,7 +4,9 @@ A handler takes a request's data and returns the reply's data, or an awaitable o
 it answers later, so a replier answers immediately where it can and only spends a task on
 requests that wait. `BadRequest` from a handler becomes an error reply, and so does any
 other exception (logged with its traceback): the requester hears about it at once, and
-the replier goes on with the next request.
+the replier goes on with the next request. Told to stop (SIGTERM), a replier stops taking
+requests and finishes those in hand (for up to `GRACE_S`), so that stopping it, for a
+deploy say, does not turn them into timeouts.
 
 From a terminal (the pipe's replier is started by its requester, see `pipe`):
 
@@ -31,6 +33,7 @@ Handler = Callable[[Any], Any]  # data -> reply data, or an awaitable of it
 Answer = tuple[Any, str | None]  # (reply data, None), or (None, what went wrong)
 
 MAX_DELAY_MS = 60_000
+GRACE_S = 3.0  # told to stop, a replier finishes the requests in hand for this long at most
 TRANSPORTS = ("stdio", "zmq", "amqp", "redis")
 
 

@@ -32,7 +32,7 @@ from patterns import processes
 from patterns.messages import MalformedMessage
 from patterns.reqrep import wire
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, Requester
-from patterns.reqrep.replier import Handler, ReplierCounts, respond
+from patterns.reqrep.replier import GRACE_S, Handler, ReplierCounts, respond
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,9 @@ async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
         on_events()
         await loop.create_future()  # until cancelled
     finally:
-        loop.remove_reader(router.FD)
+        loop.remove_reader(router.FD)  # take no more requests; answer those in hand
+        if waiting:
+            await asyncio.wait(waiting, timeout=GRACE_S)
         for task in waiting:
             task.cancel()
         router.close()
