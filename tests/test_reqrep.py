@@ -16,6 +16,7 @@ from patterns.messages import MalformedMessage
 from patterns.reqrep import (
     TRANSPORTS,
     ChannelClosed,
+    Overloaded,
     ReplyError,
     RequestTimeout,
     pipe,
@@ -123,6 +124,7 @@ async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -
             "refused": 0,
             "timed_out": 0,
             "failed": 0,
+            "overloaded": 0,
             "late": 0,
             "unknown": 0,
             "malformed": 0,
@@ -192,9 +194,25 @@ async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(transpo
             asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(10)
         ]
         await eventually(lambda: asker.counts.sent == 10)
-        await asyncio.sleep(0.2)  # by now the replier has taken them (they take 500 ms)
+        # requests are taken in order: once a quick one sent after them is answered, the
+        # replier holds all ten
+        assert await asker.request({"a": 0, "b": 0}) == {"sum": 0}
         await started[0].stop()
         assert await asyncio.gather(*pending) == [{"sum": n} for n in range(10)]
+
+
+async def test_past_max_pending_a_request_is_refused_at_once() -> None:
+    async with serving("zmq") as (endpoint, _), zeromq.requester(endpoint) as connected:
+        connected.max_pending = 5
+        waiting = [
+            asyncio.create_task(connected.request({"a": n, "b": 0, "delay": 300})) for n in range(5)
+        ]
+        await eventually(lambda: len(connected) == 5)
+        with pytest.raises(Overloaded, match="refused: 5 are pending"):
+            await connected.request({"a": 9, "b": 9})
+        assert await asyncio.gather(*waiting) == [{"sum": n} for n in range(5)]
+        assert await connected.request({"a": 9, "b": 9}) == {"sum": 18}  # room again
+        assert connected.counts.overloaded == 1
 
 
 # ---- the pipe ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from patterns import config
 from patterns.reqrep.correlation import (
     DEFAULT_TIMEOUT_S,
     ChannelClosed,
+    Overloaded,
     ReplyError,
     Requester,
     RequestFailed,
@@ -39,6 +40,7 @@ __all__ = [
     "NAMES",
     "TRANSPORTS",
     "ChannelClosed",
+    "Overloaded",
     "ReplyError",
     "RequestFailed",
     "RequestTimeout",

@@ -15,7 +15,9 @@ whatever order replies come. The rules that make it safe to copy:
   or already answered), `unknown` if it is not ours at all. Ids are a random prefix and
   a counter, so telling the two apart needs no memory of past requests;
 * when the channel breaks (the replier exits, the connection drops), every pending
-  request fails at once with `ChannelClosed`, instead of each waiting for its timeout.
+  request fails at once with `ChannelClosed`, instead of each waiting for its timeout;
+* at most `max_pending` requests wait at once; one more fails at once with `Overloaded`,
+  so an overloaded requester sheds load instead of queueing without bound.
 
 Transports subclass `Requester`: they send (`_send`) and hand what arrives to `_settle`.
 """
@@ -30,6 +32,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_PENDING = 10_000
 
 
 class RequestFailed(Exception):
@@ -54,6 +57,14 @@ class ChannelClosed(RequestFailed, ConnectionError):
         self.reason = reason
 
 
+class Overloaded(RequestFailed):
+    """Refused before sending: `max_pending` requests are already waiting for replies."""
+
+    def __init__(self, request_id: str, limit: int) -> None:
+        super().__init__(request_id, f"request {request_id} refused: {limit:,} are pending")
+        self.limit = limit
+
+
 class ReplyError(RequestFailed):
     """The replier answered with an error (a request it could not read or handle)."""
 
@@ -69,6 +80,7 @@ class Counts:
     refused: int = 0  # answered with an error
     timed_out: int = 0
     failed: int = 0  # the channel closed while they waited
+    overloaded: int = 0  # refused at once: max_pending were waiting
     late: int = 0  # replies to a request of ours that no longer waited
     unknown: int = 0  # replies to no request of ours
     malformed: int = 0  # replies that could not be read at all
@@ -81,6 +93,7 @@ class Requester:
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.timeout = timeout
+        self.max_pending = DEFAULT_MAX_PENDING
         self.counts = Counts()
         self._prefix = uuid.uuid4().hex
         self._issued = 0
@@ -102,6 +115,9 @@ class Requester:
         if self._closed is not None:
             self.counts.failed += 1
             raise ChannelClosed(request_id, self._closed)
+        if len(self._waiting) >= self.max_pending:
+            self.counts.overloaded += 1
+            raise Overloaded(request_id, self.max_pending)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting[request_id] = future

@@ -28,7 +28,15 @@ import redis.asyncio as aioredis
 
 from patterns import config, processes
 from patterns.measure import LatencyRecorder, paced
-from patterns.reqrep import NAMES, TRANSPORTS, Requester, RequestFailed, RequestTimeout, requester
+from patterns.reqrep import (
+    NAMES,
+    TRANSPORTS,
+    Overloaded,
+    Requester,
+    RequestFailed,
+    RequestTimeout,
+    requester,
+)
 from patterns.reqrep.pacing import Pacer, lateness, timer_paced
 
 REQUEST = {"a": 1, "b": 2}
@@ -53,7 +61,7 @@ class Step:
     def __init__(self, rate: float, count: int) -> None:
         self.rate, self.count = rate, count
         self.latency = LatencyRecorder(capacity=max(1, count))
-        self.answered = self.timed_out = self.failed = 0
+        self.answered = self.timed_out = self.failed = self.shed = 0
         self.started_ns = time.perf_counter_ns()
         self.ended_ns = self.started_ns
 
@@ -62,6 +70,9 @@ class Step:
             await requester.request(REQUEST, timeout)
         except RequestTimeout:
             self.timed_out += 1
+        except Overloaded:  # refused at once: too many were pending
+            self.shed += 1
+            return
         except RequestFailed:  # refused or channel closed: no latency to speak of
             self.failed += 1
             return
@@ -133,6 +144,7 @@ def window(step: Step, since: dict[str, int]) -> dict[str, Any]:
         "offered": step.rate,
         "rate": round((step.answered - since["answered"]) * 1e9 / max(1, now_ns - since["ns"])),
         "timed_out": step.timed_out,
+        "shed": step.shed,
     }
     if len(step.latency) > since["index"]:
         summary = step.latency.summary(start=since["index"])
@@ -148,6 +160,7 @@ def window(step: Step, since: dict[str, int]) -> dict[str, Any]:
 async def load_main(options: argparse.Namespace) -> None:
     rates = [float(rate) for rate in options.rates.split(",")]
     async with requester(options.transport, options.to, options.timeout) as connected:
+        connected.max_pending = options.max_pending
         replier_pid = getattr(connected, "pid", None) or options.replier_pid
         cpu = CpuTime({"replier": replier_pid, "broker": await broker_pid(options.transport)})
         # one answered request first: the replier is up and connected before the clock runs
@@ -179,6 +192,7 @@ async def load_main(options: argparse.Namespace) -> None:
                     "sent": step.count,
                     "answered": step.answered,
                     "timed_out": step.timed_out,
+                    "shed": step.shed,
                     "failed": step.failed,
                     "achieved": round(step.answered / elapsed_s),
                     "p50_ms": summary.p50_ns / 1e6,
@@ -271,6 +285,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per step")
     parser.add_argument("--timeout", type=float, default=2.0, help="per request, in seconds")
     parser.add_argument("--pacer", choices=tuple(PACERS), default="timerfd")
+    parser.add_argument(
+        "--max-pending", type=int, default=1_000, help="more at once are shed, not queued"
+    )
     parser.add_argument("--replier-pid", type=int, help="to count the replier's CPU")
     parser.add_argument(
         "--lateness", action="store_true", help="only measure how late each pacer is"

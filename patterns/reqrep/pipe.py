@@ -40,8 +40,6 @@ class PipeRequester(Requester):
         self.process: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._exited = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._lines = wire.Lines()
 
     async def start(self, command: Sequence[str], env: dict[str, str]) -> None:
@@ -67,9 +65,8 @@ class PipeRequester(Requester):
         assert self._stdin is not None
         if self._stdin.is_closing():
             raise ChannelClosed(request_id, self.closed or f"the replier (pid={self.pid}) is gone")
+        # never waits: what the pipe cannot take yet is buffered, at most `max_pending` requests
         self._stdin.write(wire.request(request_id, data) + b"\n")
-        if not self._writable.is_set():  # the pipe is full: the replier reads too slowly
-            await self._wait_to_send(self._writable.wait(), future)
 
     def _receive(self, chunk: bytes) -> None:
         for line in self._lines.feed(chunk):  # every complete line, without awaiting
@@ -124,12 +121,6 @@ class _Pipes(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self.requester._exited.set()
-
-    def pause_writing(self) -> None:
-        self.requester._writable.clear()
-
-    def resume_writing(self) -> None:
-        self.requester._writable.set()
 
 
 @contextlib.asynccontextmanager

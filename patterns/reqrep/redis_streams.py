@@ -204,7 +204,10 @@ async def serve(
     counts = ReplierCounts()
     working: dict[asyncio.Task, bytes] = {}  # requests answered later -> their entry ids
     consumer = f"replier-{uuid.uuid4().hex}"
+    # one client blocks reading requests; the other writes replies, and a stop that
+    # interrupts a blocked read cannot disturb the replies still to be written
     client = aioredis.from_url(url, socket_timeout=BLOCK_S + 5)
+    writer = aioredis.from_url(url)
 
     def write_reply(pipe: Pipeline, item: Reply) -> None:
         entry_id, reply_to, reply, ttl_ms = item
@@ -219,7 +222,7 @@ async def serve(
             counts.undeliverable += 1
             log.warning("a reply could not be stored: %s", problem)
 
-    replies = Batcher(client, write_reply)
+    replies = Batcher(writer, write_reply)
 
     async def reply_later(
         entry_id: bytes, reply_to: bytes, request_id: Any, result: Any, ttl_ms: int
@@ -260,10 +263,10 @@ async def serve(
         except MalformedMessage as problem:
             return None, str(problem)
 
+    flusher = asyncio.create_task(replies.run(on_replied))
     try:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
             await client.xgroup_create(stream, group, id="0", mkstream=True)
-        flusher = asyncio.create_task(replies.run(on_replied))
         processes.report("ready", stream=stream, group=group, consumer=consumer)
         claimed_at = 0.0
         while not flusher.done():
@@ -293,10 +296,13 @@ async def serve(
             await asyncio.wait(working, timeout=GRACE_S)
         for task in working:
             task.cancel()
+        flusher.cancel()
         with contextlib.suppress(RedisError):
+            await asyncio.gather(flusher, return_exceptions=True)
             await replies.flush(on_replied)  # what was answered before the end
-            if not await client.xpending_range(stream, group, "-", "+", 1, consumer):
-                await client.xgroup_delconsumer(stream, group, consumer)
+            if not await writer.xpending_range(stream, group, "-", "+", 1, consumer):
+                await writer.xgroup_delconsumer(stream, group, consumer)
+        await writer.aclose()
         await client.aclose()
         processes.report("result", **vars(counts))
 

@@ -180,5 +180,5 @@ async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
             await asyncio.wait(waiting, timeout=GRACE_S)
         for task in waiting:
             task.cancel()
-        router.close()
+        router.close(linger=int(GRACE_S * 1000))  # replies still queued get this long to leave
         processes.report("result", **vars(counts))
