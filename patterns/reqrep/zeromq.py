@@ -137,7 +137,8 @@ async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
     """Answer requests on a ROUTER bound at `endpoint`, each to the connection it came from."""
     counts, waiting = ReplierCounts(), set[asyncio.Task]()
     loop = asyncio.get_running_loop()
-    router = zmq.Context.instance().socket(zmq.ROUTER)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
     router.linger = 0
     router.router_mandatory = True  # a reply to a requester that is gone raises, to be counted
 
@@ -181,4 +182,5 @@ async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
         for task in waiting:
             task.cancel()
         router.close(linger=int(GRACE_S * 1000))  # replies still queued get this long to leave
+        context.term()  # ...which happens here: the I/O thread sends them, then stops
         processes.report("result", **vars(counts))
