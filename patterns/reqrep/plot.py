@@ -3,12 +3,14 @@
 Left, the replies per second against the offered rate (dashed): they track it until the
 system cannot keep up. Middle, each quarter second's p50 / p99 / p99.9 round trip. Right,
 one point per offered rate (p50, p99, p99.9 of the whole step): latency stays flat while
-there is spare capacity, then climbs steeply at the knee.
+there is spare capacity, then climbs steeply at the knee. One colour per transport, one
+line style per percentile.
 """
 
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
 from patterns.measure.live import LiveFigure
 
@@ -27,39 +29,39 @@ class LoadPlot(LiveFigure):
         self.knee_axes.set(xlabel="offered requests/s (log)", ylabel="round trip, ms (log)")
         self.time_axes.set_yscale("log")
         self.knee_axes.set(xscale="log", yscale="log")
+        styles = [Line2D([], [], color="gray", linestyle=s, label=n) for _, s, n in PERCENTILES]
+        for percentile_axes in (self.time_axes, self.knee_axes):
+            percentile_axes.legend(handles=styles, loc="upper left", fontsize="small")
         self.windows: dict[str, list[dict]] = {}
         self.steps: dict[str, list[dict]] = {}
         self._lines: dict[tuple[str, str], Any] = {}
 
-    def _line(self, axes: Any, series: str, role: str, style: str, label: str | None) -> Any:
+    def _line(self, axes: Any, series: str, role: str, style: str) -> Any:
         if (series, role) not in self._lines:
             color = f"C{list(self.windows).index(series) % 10}"
             marker = "o" if axes is self.knee_axes else None
+            label = series if role == "rate" else None
             (self._lines[series, role],) = axes.plot(
                 [], [], style, color=color, marker=marker, label=label
             )
-            axes.legend(loc="upper left", fontsize="small")
+            if label:
+                axes.legend(loc="upper left", fontsize="small")
         return self._lines[series, role]
 
     def draw(self) -> None:
         for series, windows in self.windows.items():
             t = [w["t"] for w in windows]
-            self._line(self.rate_axes, series, "rate", "-", series).set_data(
-                t, [w["rate"] for w in windows]
-            )
-            self._line(self.rate_axes, series, "offered", "--", None).set_data(
-                t, [w["offered"] for w in windows]
-            )
+            rates = [w["rate"] for w in windows]
+            self._line(self.rate_axes, series, "rate", "-").set_data(t, rates)
+            offered = [w["offered"] for w in windows]
+            self._line(self.rate_axes, series, "offered", "--").set_data(t, offered)
             timed = [w for w in windows if "p50_ms" in w]
-            for key, style, name in PERCENTILES:
-                label = f"{series} {name}" if len(self.windows) > 1 else name
-                self._line(self.time_axes, series, key, style, label).set_data(
+            steps = self.steps.get(series, [])
+            for key, style, _ in PERCENTILES:
+                self._line(self.time_axes, series, key, style).set_data(
                     [w["t"] for w in timed], [max(w[key], 1e-3) for w in timed]
                 )
-            steps = self.steps.get(series, [])
-            for key, style, name in PERCENTILES:
-                label = f"{series} {name}" if len(self.windows) > 1 else name
-                self._line(self.knee_axes, series, f"knee {key}", style, label).set_data(
+                self._line(self.knee_axes, series, f"knee {key}", style).set_data(
                     [s["offered"] for s in steps], [max(s[key], 1e-3) for s in steps]
                 )
         for axes in (self.rate_axes, self.time_axes, self.knee_axes):
