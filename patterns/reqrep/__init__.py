@@ -51,10 +51,14 @@ __all__ = [
 
 @contextlib.asynccontextmanager
 async def requester(
-    transport: str, address: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    transport: str,
+    address: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    url: str | None = None,
 ) -> AsyncIterator[Requester]:
     """A requester over `transport`; `address` is where its replier listens: the ZeroMQ
-    endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None)."""
+    endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None);
+    `url` is the broker's (default: AMQP_URL or REDIS_URL)."""
     if transport == "pipe":
         from patterns.reqrep import pipe
 
@@ -67,12 +71,13 @@ async def requester(
         from patterns.reqrep import amqp
 
         queue = address or amqp.REQUESTS_QUEUE
-        context = amqp.requester(config.AMQP_URL, queue, transport == "amqp-direct", timeout)
+        direct = transport == "amqp-direct"
+        context = amqp.requester(url or config.AMQP_URL, queue, direct, timeout)
     elif transport == "redis":
         from patterns.reqrep import redis_streams
 
         context = redis_streams.requester(
-            config.REDIS_URL, address or redis_streams.REQUESTS_STREAM, timeout
+            url or config.REDIS_URL, address or redis_streams.REQUESTS_STREAM, timeout
         )
     else:
         raise ValueError(f"transport is {transport!r}, not one of {', '.join(TRANSPORTS)}")

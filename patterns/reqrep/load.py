@@ -216,6 +216,7 @@ async def run(
     timeout: float = 2.0,
     pacer: str = "timerfd",
     plot: Any = None,
+    max_pending: int = 1_000,
 ) -> dict:
     """Start a replier (the pipe's requester starts its own) and the load child; follow it."""
     address = f"bench:reqrep:{uuid.uuid4().hex}"  # a queue or stream of this run only
@@ -223,6 +224,7 @@ async def run(
         async with processes.children() as started:
             options = ["--transport", transport, "--rates", ",".join(map(str, rates))]
             options += ["--seconds", str(seconds), "--timeout", str(timeout), "--pacer", pacer]
+            options += ["--max-pending", str(max_pending)]
             if transport in REPLIER:
                 kind, flag, where, reported = REPLIER[transport]
                 replier = await processes.start(
