@@ -19,9 +19,9 @@ from patterns.reqrep import (
     Overloaded,
     ReplyError,
     RequestTimeout,
+    connect,
     pipe,
     replier,
-    requester,
     wire,
     zeromq,
 )
@@ -107,7 +107,7 @@ async def test_a_failing_handler_becomes_an_error_reply() -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -> None:
-    async with serving(transport) as (address, _), requester(transport, address) as connected:
+    async with serving(transport) as (address, _), connect(transport, address) as connected:
         order: list[int] = []
 
         async def ask(a: int, delay: int) -> dict:
@@ -136,7 +136,7 @@ async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -
 async def test_many_requests_in_flight_all_matched(transport: str) -> None:
     async with (
         serving(transport, *prefetch(transport)) as (address, _),
-        requester(transport, address) as connected,
+        connect(transport, address) as connected,
     ):
         delays = [random.randrange(0, 100) for _ in range(1_000)]
         replies = await asyncio.gather(
@@ -154,7 +154,7 @@ def prefetch(transport: str) -> tuple[str, ...]:
 async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
     transport: str,
 ) -> None:
-    async with serving(transport) as (address, _), requester(transport, address) as connected:
+    async with serving(transport) as (address, _), connect(transport, address) as connected:
         with pytest.raises(RequestTimeout) as timed_out:
             await connected.request({"a": 1, "b": 2, "delay": 400}, timeout=0.1)
         error = timed_out.value
@@ -168,7 +168,7 @@ async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transport: str) -> None:
-    async with serving(transport) as (address, _), requester(transport, address) as connected:
+    async with serving(transport) as (address, _), connect(transport, address) as connected:
         with pytest.raises(ReplyError, match="a must be a number, not 'one'"):
             await connected.request({"a": "one", "b": 2})
         assert await connected.request({"a": 1, "b": 2}) == {"sum": 3}
@@ -178,7 +178,7 @@ async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transpo
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_closed_requester_fails_at_once(transport: str) -> None:
     async with serving(transport) as (address, _):
-        async with requester(transport, address) as connected:
+        async with connect(transport, address) as connected:
             pending = asyncio.create_task(connected.request({"a": 1, "b": 2, "delay": 5_000}))
             await eventually(lambda: len(connected) == 1)
         with pytest.raises(ChannelClosed, match="the requester was closed"):
@@ -189,7 +189,7 @@ async def test_a_closed_requester_fails_at_once(transport: str) -> None:
 
 @pytest.mark.parametrize("transport", ["zmq", "amqp", "redis"])
 async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(transport: str) -> None:
-    async with serving(transport) as (address, started), requester(transport, address) as asker:
+    async with serving(transport) as (address, started), connect(transport, address) as asker:
         pending = [
             asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(10)
         ]

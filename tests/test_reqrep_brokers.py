@@ -11,7 +11,7 @@ from pamqp.commands import Basic
 
 from patterns import config, processes
 from patterns.faults import Proxy
-from patterns.reqrep import ChannelClosed, RequestTimeout, amqp, redis_streams, requester, scenarios
+from patterns.reqrep import ChannelClosed, RequestTimeout, amqp, connect, redis_streams, scenarios
 from tests.reqrep_helpers import eventually, fresh_name, serving, start_replier
 
 # ---- AMQP -------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ async def test_amqp_replier_answers_a_body_that_is_not_json_with_an_error(direct
 
 async def test_amqp_replies_to_a_requester_that_is_gone_come_back_to_the_replier() -> None:
     async with serving("amqp") as (queue, started):
-        async with requester("amqp", queue) as asker:
+        async with connect("amqp", queue) as asker:
             pending = [
                 asyncio.create_task(asker.request({"a": 1, "b": 2, "delay": 300})) for _ in range(5)
             ]
@@ -77,7 +77,7 @@ async def test_amqp_a_lost_connection_fails_every_pending_request_at_once() -> N
 async def test_amqp_requests_expire_when_nobody_takes_them_in_time() -> None:
     queue = fresh_name()
     try:
-        async with requester("amqp", queue, timeout=0.2) as asker:
+        async with connect("amqp", queue, timeout=0.2) as asker:
             with pytest.raises(RequestTimeout):
                 await asker.request({"a": 1, "b": 2})
             await asyncio.sleep(0.3)  # past its expiration (0.2 s, its timeout)
@@ -116,7 +116,7 @@ async def test_redis_replier_answers_data_that_is_not_json_with_an_error(redis_c
 async def test_redis_requests_of_a_killed_replier_are_claimed_by_another(redis_client) -> None:
     options = ("--claim-after", "0.5")
     async with serving("redis", *options) as (stream, started):
-        async with requester("redis", stream, timeout=20) as asker:
+        async with connect("redis", stream, timeout=20) as asker:
             assert await asker.request({"a": 1, "b": 1}) == {"sum": 2}
             pending = [
                 asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 2_000}))
@@ -136,7 +136,7 @@ async def test_redis_requests_of_a_killed_replier_are_claimed_by_another(redis_c
 async def test_redis_skips_requests_whose_requester_gave_up(redis_client) -> None:
     stream = fresh_name()
     try:
-        async with requester("redis", stream, timeout=0.2) as asker:
+        async with connect("redis", stream, timeout=0.2) as asker:
             results = await asyncio.gather(
                 *(asker.request({"a": 1, "b": 2}) for _ in range(5)), return_exceptions=True
             )
@@ -179,7 +179,7 @@ async def test_redis_requester_rides_out_a_short_cut_and_fails_on_a_long_one() -
 async def test_redis_replier_leaves_the_group_when_it_stops_with_nothing_pending(
     redis_client,
 ) -> None:
-    async with serving("redis") as (stream, started), requester("redis", stream) as asker:
+    async with serving("redis") as (stream, started), connect("redis", stream) as asker:
         assert await asker.request({"a": 1, "b": 1}) == {"sum": 2}
         await started[0].stop()
         consumers = await redis_client.xinfo_consumers(stream, redis_streams.GROUP)

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patterns import config
-from patterns.reqrep import TRANSPORTS, RequestTimeout, redis_streams, requester
+from patterns.reqrep import TRANSPORTS, RequestTimeout, connect, redis_streams
 from tests.reqrep_helpers import serving
 
 REQUESTS = 100_000
@@ -29,7 +29,7 @@ def live(kind: str) -> int:
 async def test_a_hundred_thousand_requests_leave_nothing_behind(transport: str) -> None:
     options = ("--prefetch", str(IN_FLIGHT)) if transport not in ("pipe", "zmq") else ()
     async with serving(transport, *options) as (address, _):
-        async with requester(transport, address, timeout=10) as connected:
+        async with connect(transport, address, timeout=10) as connected:
             assert await connected.request({"a": 0, "b": 0}) == {"sum": 0}
             futures_before, handles_before = live("Future"), live("TimerHandle")
             numbers = iter(range(REQUESTS))

@@ -32,7 +32,7 @@ from pamqp.commands import Basic
 
 from patterns import config, processes
 from patterns.measure import LatencyRecorder
-from patterns.reqrep import TRANSPORTS, Requester, amqp, pipe, requester
+from patterns.reqrep import TRANSPORTS, Requester, amqp, connect, pipe
 from patterns.reqrep.load import REPLIER
 from patterns.reqrep.pacing import timer_paced
 
@@ -188,7 +188,7 @@ async def bench_transport(transport: str, rounds: int, count: int, seconds: floa
                 )
                 started.append(replier)
                 address = replier.ready[reported]
-            async with requester(transport, address) as connected, RAW[transport](address) as raw:
+            async with connect(transport, address) as connected, RAW[transport](address) as raw:
                 for exchange in (ours(connected), raw):  # both connected and warm
                     assert await exchange() is not None
                 measured: dict[str, list[tuple[float, float]]] = {"ours": [], "raw": []}

@@ -9,7 +9,7 @@
   or direct reply-to) and over Redis (a request stream, a reply list per requester);
 * `load`: open-loop load from a child process, reporting latency and throughput live.
 
-Every transport gives the same requester: `async with requester(transport) as r:
+Every transport gives the same requester: `async with connect(transport) as r:
 await r.request(data, timeout)`.
 """
 
@@ -45,12 +45,12 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Requester",
-    "requester",
+    "connect",
 ]
 
 
 @contextlib.asynccontextmanager
-async def requester(
+async def connect(
     transport: str,
     address: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,

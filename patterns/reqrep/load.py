@@ -35,7 +35,7 @@ from patterns.reqrep import (
     Requester,
     RequestFailed,
     RequestTimeout,
-    requester,
+    connect,
 )
 from patterns.reqrep.pacing import Pacer, lateness, timer_paced
 
@@ -159,7 +159,7 @@ def window(step: Step, since: dict[str, int]) -> dict[str, Any]:
 
 async def load_main(options: argparse.Namespace) -> None:
     rates = [float(rate) for rate in options.rates.split(",")]
-    async with requester(options.transport, options.to, options.timeout) as connected:
+    async with connect(options.transport, options.to, options.timeout) as connected:
         connected.max_pending = options.max_pending
         replier_pid = getattr(connected, "pid", None) or options.replier_pid
         cpu = CpuTime({"replier": replier_pid, "broker": await broker_pid(options.transport)})

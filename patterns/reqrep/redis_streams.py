@@ -16,8 +16,8 @@ What makes it safe to leave running:
 
 * a replier that dies leaves its requests pending in the group; the others take them over
   (XAUTOCLAIM) once they have been idle for `claim_after` seconds. A live replier resets
-  the idle time of the requests it is still working on every `claim_after / 2` seconds,
-  so a slow request is not taken from a replier that is alive;
+  the idle time of the requests it holds (taken, not yet acknowledged) every
+  `claim_after / 2` seconds, so a slow request is not taken from a replier that is alive;
 * a request older than its `timeout_ms` is skipped (its requester gave up), so a backlog
   left by an outage drains at once instead of being computed for nobody;
 * a reply list expires `timeout_ms` after its last reply, so the replies to a requester
@@ -202,7 +202,8 @@ async def serve(
 ) -> None:
     """Answer the group's requests, at most `prefetch` at once; take over abandoned ones."""
     counts = ReplierCounts()
-    working: dict[asyncio.Task, bytes] = {}  # requests answered later -> their entry ids
+    held: set[bytes] = set()  # entries taken and not acknowledged yet: ours, whatever happens
+    working: set[asyncio.Task] = set()  # requests answered later
     consumer = f"replier-{uuid.uuid4().hex}"
     # one client blocks reading requests; the other writes replies, and a stop that
     # interrupts a blocked read cannot disturb the replies still to be written
@@ -218,6 +219,7 @@ async def serve(
         pipe.xdel(stream, entry_id)
 
     def on_replied(items: list[Reply], results: list[Any]) -> None:
+        held.difference_update(item[0] for item in items)  # acknowledged now
         for problem in filter(lambda result: isinstance(result, Exception), results):
             counts.undeliverable += 1
             log.warning("a reply could not be stored: %s", problem)
@@ -232,6 +234,7 @@ async def serve(
     def take(entries: list[Entry]) -> None:
         now_ms = time.time() * 1000
         for entry_id, fields in entries:
+            held.add(entry_id)
             if not fields:  # deleted while pending: nothing left to answer
                 replies.add((entry_id, None, None, 0))
                 continue
@@ -254,8 +257,8 @@ async def serve(
                     task = asyncio.create_task(
                         reply_later(entry_id, reply_to, request_id, result, ttl_ms)
                     )
-                    working[task] = entry_id
-                    task.add_done_callback(working.pop)
+                    working.add(task)
+                    task.add_done_callback(working.discard)
 
     def read(data: bytes | None) -> Answer | Any:
         try:
@@ -269,6 +272,7 @@ async def serve(
             await client.xgroup_create(stream, group, id="0", mkstream=True)
         processes.report("ready", stream=stream, group=group, consumer=consumer)
         claimed_at = 0.0
+        block_ms = int(min(BLOCK_S, claim_after / 2) * 1000)  # wake up to refresh the held
         while not flusher.done():
             if len(working) >= prefetch:
                 await asyncio.wait(working, return_when=asyncio.FIRST_COMPLETED)
@@ -276,16 +280,16 @@ async def serve(
             room = prefetch - len(working)
             if time.monotonic() - claimed_at > claim_after / 2:
                 claimed_at = time.monotonic()
-                if working:  # still at work on these: reset their idle time, so nobody takes them
-                    ids = list(working.values())
-                    await client.xclaim(stream, group, consumer, 0, ids, justid=True)
+                if held:  # still ours: reset their idle time, so that nobody takes them
+                    await client.xclaim(stream, group, consumer, 0, list(held), justid=True)
                 _, entries, _ = await client.xautoclaim(
                     stream, group, consumer, int(claim_after * 1000), count=room
                 )
+                entries = [entry for entry in entries if entry[0] not in held]
                 counts.redelivered += len(entries)
                 take(entries)
             read_from = await client.xreadgroup(
-                group, consumer, {stream: ">"}, count=room, block=BLOCK_S * 1000
+                group, consumer, {stream: ">"}, count=room, block=block_ms
             )
             raise_if_cancelled()
             for _, entries in read_from:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from patterns import processes
-from patterns.reqrep import TRANSPORTS, Requester, RequestFailed, requester
+from patterns.reqrep import TRANSPORTS, Requester, RequestFailed, connect
 
 BOOK_REQUESTS = [{"a": 1, "b": 2, "delay": 500}, {"a": 6, "b": 1, "delay": 100}]
 
@@ -36,7 +36,7 @@ async def ask(requester: Requester, requests: list[Any], timeout: float | None =
 
 async def requester_main(options: argparse.Namespace) -> None:
     requests = [json.loads(text) for text in options.requests] or BOOK_REQUESTS
-    async with requester(options.transport, options.to, options.timeout) as connected:
+    async with connect(options.transport, options.to, options.timeout) as connected:
         await ask(connected, requests)
 
 

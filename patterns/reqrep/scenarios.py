@@ -24,7 +24,7 @@ from pamqp.commands import Basic
 from patterns import config, processes
 from patterns.brokers import quieted
 from patterns.faults import Proxy
-from patterns.reqrep import RequestFailed, amqp, redis_streams, requester
+from patterns.reqrep import RequestFailed, amqp, connect, redis_streams
 
 DEFAULT_ADDRESS = {"amqp": amqp.REQUESTS_QUEUE, "redis": redis_streams.REQUESTS_STREAM}
 
@@ -52,8 +52,8 @@ async def outcomes(requests: list[asyncio.Task]) -> list[Any]:
 
 
 async def slow_replier(transport: str, address: str | None = None) -> dict:
-    """One replier that takes one request at a time and needs 0.4 s for each; five requests
-    sent together, each with a 1 s timeout.
+    """One replier that takes one request at a time and needs 0.5 s for each; five requests
+    sent together, each with a 1.25 s timeout.
 
     The first two are answered in time. The third is taken just before its deadline and
     answered after it: its reply comes late, and is dropped. The last two wait behind it
@@ -63,9 +63,9 @@ async def slow_replier(transport: str, address: str | None = None) -> dict:
     address = address or default(transport)
     async with processes.children() as started:
         started.append(await start_replier(transport, address, "--prefetch", "1"))
-        async with requester(transport, address, timeout=1.0) as asker:
+        async with connect(transport, address, timeout=1.25) as asker:
             sent = [
-                asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 400})) for n in range(5)
+                asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(5)
             ]
             results = await outcomes(sent)
             await asker.request({"a": 0, "b": 0}, timeout=5)  # after the late reply
@@ -87,7 +87,7 @@ async def replier_dies(transport: str, address: str | None = None) -> dict:
     options = ("--claim-after", "1") if transport == "redis" else ()
     async with processes.children() as started:
         started += [await start_replier(transport, address, *options) for _ in range(2)]
-        async with requester(transport, address, timeout=10) as asker:
+        async with connect(transport, address, timeout=10) as asker:
             sent = [
                 asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 1_000}))
                 for n in range(20)
@@ -131,7 +131,7 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
         started.append(await start_replier(transport, address))
         async with (
             Proxy(url) as proxy,
-            requester(transport, address, timeout=10, url=proxy.url) as first,
+            connect(transport, address, timeout=10, url=proxy.url) as first,
         ):
             sent = [
                 asyncio.create_task(first.request({"a": n, "b": 0, "delay": 500})) for n in range(5)
@@ -141,7 +141,7 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
                 await proxy.cut()
                 old_saw = await outcomes(sent)
             reply_to = first.reply_to  # type: ignore[attr-defined]
-        async with requester(transport, address, timeout=10) as second:
+        async with connect(transport, address, timeout=10) as second:
             # answered after the five replies were sent, wherever they went
             new_got = await second.request({"a": 2, "b": 2, "delay": 700})
         waiting = ttl_ms = 0
