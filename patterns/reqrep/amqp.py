@@ -179,7 +179,8 @@ async def serve(
         else:
             counts.refused += 1
             log.warning("a request without reply_to, nobody to answer: %.80r", message.body)
-        await channel.basic_ack(message.delivery.delivery_tag)
+        # queued behind the reply on the same channel: the broker sees the reply first
+        await channel.basic_ack(message.delivery.delivery_tag, wait=False)
 
     async def reply(body: bytes) -> Answer:
         try:
