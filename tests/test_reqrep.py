@@ -26,7 +26,7 @@ from patterns.reqrep import (
     zeromq,
 )
 from patterns.reqrep.pacing import timer_paced
-from tests.reqrep_helpers import eventually, serving, start_replier
+from tests.reqrep_support import eventually, serving, start_replier
 
 # ---- the wire format and the handler ----------------------------------------------------
 

@@ -12,7 +12,7 @@ from pamqp.commands import Basic
 from patterns import config, processes
 from patterns.faults import Proxy
 from patterns.reqrep import ChannelClosed, RequestTimeout, amqp, connect, redis_streams, scenarios
-from tests.reqrep_helpers import eventually, fresh_name, serving, start_replier
+from tests.reqrep_support import eventually, fresh_name, serving, start_replier
 
 # ---- AMQP -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from patterns import config
 from patterns.reqrep import TRANSPORTS, RequestTimeout, connect, redis_streams
-from tests.reqrep_helpers import serving
+from tests.reqrep_support import serving
 
 REQUESTS = 100_000
 IN_FLIGHT = 200
