@@ -1,0 +1,85 @@
+"""Request/reply over one-way channels: the correlation identifier and the return address.
+
+* `correlation`: the requester's correlation map, timeouts and errors, shared by all;
+* `wire`: requests and replies as the book's samples write them (JSON);
+* `replier`: what a replier answers (the book's sum, after a delay), and its command line;
+* `pipe`, `zeromq`: the correlation identifier over a child process's stdin/stdout, and
+  over ZeroMQ DEALER/ROUTER;
+* `amqp`, `redis_streams`: the return address over RabbitMQ (a reply queue per requester,
+  or direct reply-to) and over Redis (a request stream, a reply list per requester);
+* `load`: open-loop load from a child process, reporting latency and throughput live.
+
+Every transport gives the same requester: `async with connect(transport) as r:
+await r.request(data, timeout)`.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from patterns import config
+from patterns.reqrep.correlation import (
+    DEFAULT_TIMEOUT_S,
+    ChannelClosed,
+    Overloaded,
+    ReplyError,
+    Requester,
+    RequestFailed,
+    RequestTimeout,
+)
+
+TRANSPORTS = ("pipe", "zmq", "amqp", "amqp-direct", "redis")
+NAMES = {
+    "pipe": "pipe (stdin/stdout)",
+    "zmq": "ZeroMQ DEALER/ROUTER",
+    "amqp": "AMQP reply queue",
+    "amqp-direct": "AMQP direct reply-to",
+    "redis": "Redis stream + reply list",
+}
+
+__all__ = [
+    "NAMES",
+    "TRANSPORTS",
+    "ChannelClosed",
+    "Overloaded",
+    "ReplyError",
+    "RequestFailed",
+    "RequestTimeout",
+    "Requester",
+    "connect",
+]
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    transport: str,
+    address: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    url: str | None = None,
+) -> AsyncIterator[Requester]:
+    """A requester over `transport`; `address` is where its replier listens: the ZeroMQ
+    endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None);
+    `url` is the broker's (default: AMQP_URL or REDIS_URL)."""
+    if transport == "pipe":
+        from patterns.reqrep import pipe
+
+        context = pipe.requester(timeout=timeout)
+    elif transport == "zmq":
+        from patterns.reqrep import zeromq
+
+        context = zeromq.requester(address or zeromq.DEFAULT_ENDPOINT, timeout)
+    elif transport in ("amqp", "amqp-direct"):
+        from patterns.reqrep import amqp
+
+        queue = address or amqp.REQUESTS_QUEUE
+        direct = transport == "amqp-direct"
+        context = amqp.requester(url or config.AMQP_URL, queue, direct, timeout)
+    elif transport == "redis":
+        from patterns.reqrep import redis_streams
+
+        context = redis_streams.requester(
+            url or config.REDIS_URL, address or redis_streams.REQUESTS_STREAM, timeout
+        )
+    else:
+        raise ValueError(f"transport is {transport!r}, not one of {', '.join(TRANSPORTS)}")
+    async with context as connected:
+        yield connected
