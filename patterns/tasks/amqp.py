@@ -329,3 +329,38 @@ async def delete(channels: Channels) -> None:
         await channel.exchange_delete(channels.control)
     finally:
         await connection.close()
+
+
+async def publish_raw(channels: Channels, bodies: list[bytes]) -> None:
+    """Put bodies on the task queue as they are: how a test or a notebook adds a poison task."""
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await declare(channel, channels)
+        for body in bodies:
+            await channel.basic_publish(body, routing_key=channels.tasks, properties=persistent())
+    finally:
+        await connection.close()
+
+
+async def dead_letters(channels: Channels) -> list[dict[str, Any]]:
+    """Take every message off the dead-letter queue: the task, why, who, after how many tries."""
+    connection = await aiormq.connect(config.AMQP_URL)
+    letters = []
+    try:
+        channel = await connection.channel()
+        while True:
+            message = await channel.basic_get(channels.dead, no_ack=True)
+            if not isinstance(message.delivery, Basic.GetOk):
+                return letters
+            headers = message.header.properties.headers or {}
+            letters.append(
+                {
+                    "task": message.body.decode(errors="replace"),
+                    "reason": headers.get("x-reason"),
+                    "worker": headers.get("x-worker"),
+                    "attempts": headers.get(ATTEMPTS),
+                }
+            )
+    finally:
+        await connection.close()

@@ -35,6 +35,7 @@ class Tracker:
         self.sent: int | None = None
         self.ledger = DeliveryLedger()
         self.accounted: set[int] = set()
+        self._sent_accounted = 0  # how many of the tasks numbered below `sent` are accounted
         self.early: list[wire.Done | wire.Dead] = []  # arrived before their job report
         self.word: str | None = None
         self.found_ns = 0
@@ -43,13 +44,14 @@ class Tracker:
         self.hashed = 0
         self.skipped = 0
         self.duplicates = 0
-        self.dead: list[wire.Dead] = []
+        self.dead: list[wire.Dead] = []  # every dead report seen: malformed tasks too
+        self.dead_tasks = 0  # tasks of this job set aside
         self.malformed = 0
         self.foreign = 0  # reports of another job: leftovers on a reused channel
 
     @property
     def complete(self) -> bool:
-        return self.sent is not None and len(self.accounted) >= self.sent
+        return self.sent is not None and self._sent_accounted >= self.sent
 
     def take(self, data: bytes) -> wire.Cracked | None:
         """Record one message from the results channel; a notice to broadcast if it found."""
@@ -73,9 +75,12 @@ class Tracker:
         if isinstance(message, wire.Sent):
             if self.job is not None and message.job == self.job.job:
                 self.sent = message.tasks
+                self._sent_accounted = sum(seq < message.tasks for seq in self.accounted)
             return None
         if isinstance(message, wire.Done | wire.Dead):
             notice = self._found(message.found) if isinstance(message, wire.Done) else None
+            if isinstance(message, wire.Dead):
+                self.dead.append(message)  # whichever job (or none) it belonged to
             if self.job is None:
                 self.early.append(message)
             else:
@@ -108,8 +113,10 @@ class Tracker:
             self.duplicates += 1
             return
         self.accounted.add(seq)
+        if self.sent is not None and seq < self.sent:
+            self._sent_accounted += 1
         if isinstance(report, wire.Dead):
-            self.dead.append(report)
+            self.dead_tasks += 1
         elif report.skipped:
             self.skipped += 1
         else:
@@ -133,6 +140,7 @@ class Tracker:
             "tasks": sent,
             "hashed_tasks": sum(self.tasks_by_worker.values()),
             "skipped": self.skipped,
+            "dead_tasks": self.dead_tasks,
             "dead": [vars_of(d) for d in self.dead],
             "candidates": self.hashed,
             "workers": dict(sorted(self.tasks_by_worker.items())),

@@ -342,3 +342,47 @@ async def delete(channels: Channels) -> None:
         await redis.delete(channels.tasks, channels.results, channels.dead, channels.control)
     finally:
         await redis.aclose()
+
+
+async def add_raw(channels: Channels, entries: list[dict[str, bytes]]) -> None:
+    """Append entries to the task stream as they are: how a poison task gets there."""
+    redis = client()
+    try:
+        await ensure_group(redis, channels.tasks, channels.group)
+        for fields in entries:
+            await redis.xadd(channels.tasks, fields, maxlen=MAXLEN["tasks"])
+    finally:
+        await redis.aclose()
+
+
+async def dead_letters(channels: Channels) -> list[dict[str, Any]]:
+    """The dead-letter stream's entries (reading a stream takes nothing away)."""
+    redis = client()
+    try:
+        entries = await redis.xrange(channels.dead)
+    finally:
+        await redis.aclose()
+    return [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in entries]
+
+
+async def pending(channels: Channels) -> dict[str, Any]:
+    """The group's pending-entries list: XPENDING's summary and its entries."""
+    redis = client()
+    try:
+        summary = await redis.xpending(channels.tasks, channels.group)
+        entries = await redis.xpending_range(channels.tasks, channels.group, "-", "+", 100)
+    finally:
+        await redis.aclose()
+    return {
+        "pending": summary["pending"],
+        "consumers": {c["name"].decode(): c["pending"] for c in summary["consumers"]},
+        "entries": [
+            {
+                "id": e["message_id"].decode(),
+                "consumer": e["consumer"].decode(),
+                "idle_ms": e["time_since_delivered"],
+                "deliveries": e["times_delivered"],
+            }
+            for e in entries
+        ],
+    }
