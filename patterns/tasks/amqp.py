@@ -14,9 +14,11 @@ acking it), which is why the collector counts each task once.
 
 Choices worth copying:
 
-* prefetch 2: a worker hashes one task while the next one is already on its way, so it
-  never waits for the broker, and it holds back no more than that from the others. A high
-  prefetch hands a fast worker's share to the first worker that asks (notebook 07 sweeps it).
+* prefetch 3: a worker hashes one task while the result of the previous one waits for
+  its confirm (persistent messages are confirmed once on disk: milliseconds) and the next
+  one is already on its way, so it never waits for the broker, and it holds back no more
+  than that from the others. A high prefetch hands the others' share to whichever worker
+  asks first (notebook 07 sweeps it).
 * Bounded retries without broker support: WIRE.md's queues are declared with default
   arguments (the book's samples must declare the same), so they are classic queues, which
   do not count deliveries. A worker that gets a *redelivered* task republishes it with an
@@ -97,7 +99,7 @@ async def connected(
             continue
         failures = 0
         try:
-            if await session(connection):
+            if await until_closed(connection, session(connection)):
                 return
         except BROKEN as error:
             log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
@@ -147,14 +149,14 @@ async def producer(options: argparse.Namespace) -> None:
         while sent < len(pending) and not cracked.is_set():
             depth = (await channel.queue_declare(options.tasks, passive=True)).message_count
             if depth is not None and depth >= options.window:
-                await until_closed(connection, asyncio.sleep(WINDOW_CHECK_S))
+                await asyncio.sleep(WINDOW_CHECK_S)
                 continue
             chunk = pending[sent : sent + min(CHUNK, options.window)]
             confirms = [
                 channel.basic_publish(body, routing_key=options.tasks, properties=persistent())
                 for body in chunk
             ]
-            for confirm in await until_closed(connection, asyncio.gather(*confirms)):
+            for confirm in await asyncio.gather(*confirms):
                 if not isinstance(confirm, Basic.Ack):
                     raise ConnectionError(f"the broker refused a task: {confirm}")
             sent += len(chunk)  # only once confirmed: after a reconnect, the chunk goes again
@@ -183,24 +185,45 @@ def attempts_of(message: aiormq.abc.DeliveredMessage) -> int:
     return counted + 1 if message.redelivered else counted
 
 
+async def confirm_then_ack(
+    channel: aiormq.abc.AbstractChannel, tag: int, publishing: list[Awaitable[Any]]
+) -> None:
+    """Ack the task once the broker confirmed all it produced; if it refused, requeue it."""
+    try:
+        confirms = await asyncio.gather(*publishing)
+        if all(isinstance(confirm, Basic.Ack) for confirm in confirms):
+            await channel.basic_ack(tag)
+        else:
+            log.warning("the broker refused a result: the task goes back to the queue")
+            await channel.basic_nack(tag, requeue=True)
+    except BROKEN as error:  # unacked: the broker redelivers the task after the reconnect
+        log.warning("no confirm for a result (%s)", error or type(error).__name__)
+
+
 async def handle(
     work: Worker,
     channel: aiormq.abc.AbstractChannel,
     message: aiormq.abc.DeliveredMessage,
     options: argparse.Namespace,
-) -> None:
-    """Process one delivery; ack it only once everything it produced is confirmed."""
+) -> asyncio.Task | None:
+    """Process one delivery; its ack waits, in a task of its own, for the confirms.
+
+    Persistent messages are confirmed once on disk, which takes milliseconds here: the
+    worker hashes its next task meanwhile (its prefetch lets the broker deliver it).
+    """
     attempts = attempts_of(message)
     tag = message.delivery_tag
     assert tag is not None
     if message.redelivered and attempts <= work.max_attempts:
         # count this delivery in a copy, then drop the original
         log.info("task redelivered (attempt %d): requeued with its count", attempts)
-        await channel.basic_publish(
-            message.body, routing_key=options.tasks, properties=persistent(**{ATTEMPTS: attempts})
+        copy = persistent(**{ATTEMPTS: attempts})
+        await confirm_then_ack(
+            channel,
+            tag,
+            [channel.basic_publish(message.body, routing_key=options.tasks, properties=copy)],
         )
-        await channel.basic_ack(tag)
-        return
+        return None
     outcome = await work.process(message.body, attempts)
     publishing = [
         channel.basic_publish(frame, routing_key=options.results, properties=persistent())
@@ -213,10 +236,7 @@ async def handle(
         publishing.append(
             channel.basic_publish(message.body, routing_key=options.dead, properties=letter)
         )
-    for confirm in await asyncio.gather(*publishing):
-        if not isinstance(confirm, Basic.Ack):
-            raise ConnectionError(f"the broker refused a result: {confirm}")
-    await channel.basic_ack(tag)
+    return asyncio.create_task(confirm_then_ack(channel, tag, publishing))
 
 
 async def worker(options: argparse.Namespace) -> None:
@@ -239,9 +259,16 @@ async def worker(options: argparse.Namespace) -> None:
             processes.report("ready", name=options.name)
             ready = True
         log.info("%s consumes %s, prefetch %d", options.name, options.tasks, options.prefetch)
-        while work.tally.tasks != options.exit_after:
-            message = await until_closed(connection, deliveries.get())
-            await until_closed(connection, handle(work, channel, message, options))
+        acking: set[asyncio.Task] = set()
+        try:
+            while work.tally.tasks != options.exit_after:
+                if (
+                    task := await handle(work, channel, await deliveries.get(), options)
+                ) is not None:
+                    acking.add(task)
+                    task.add_done_callback(acking.discard)
+        finally:
+            await asyncio.gather(*acking)  # exiting: every finished task is acked first
         return True
 
     await connected(config.AMQP_URL, session)

@@ -22,7 +22,7 @@ decoding accepts both, and ignores fields it does not know.
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from patterns.messages import MalformedMessage
@@ -178,7 +178,8 @@ REPORTS: dict[str, type] = {
 
 
 def encode(report: Report) -> bytes:
-    return json.dumps(asdict(report), separators=(",", ":"), ensure_ascii=False).encode()
+    fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(data: bytes | str) -> Report | str:

@@ -44,6 +44,8 @@ class Tally:
     dead: int = 0
     first_ns: int = 0
     last_ns: int = 0
+    first_cpu_ns: int = 0
+    last_cpu_ns: int = 0
     found: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -55,6 +57,7 @@ class Tally:
             "dead": self.dead,
             "found": self.found,
             "seconds": round(seconds, 6),
+            "cpu_seconds": round((self.last_cpu_ns - self.first_cpu_ns) / 1e9, 6),
         }
 
 
@@ -110,8 +113,9 @@ class Worker:
 
     async def process(self, data: bytes, attempts: int = 1) -> Outcome:
         """Hash one task (its `attempts`-th delivery) and say what to publish."""
-        now = time.perf_counter_ns()
-        self.tally.first_ns = self.tally.first_ns or now
+        if not self.tally.first_ns:
+            self.tally.first_ns = time.perf_counter_ns()
+            self.tally.first_cpu_ns = time.process_time_ns()
         try:
             task = wire.decode_task(data)
         except wire.MalformedTask as error:
@@ -144,4 +148,5 @@ class Worker:
         self.tally.hashed += hashed
         self.tally.skipped += skipped
         self.tally.last_ns = time.perf_counter_ns()
+        self.tally.last_cpu_ns = time.process_time_ns()
         return Outcome(results)

@@ -36,18 +36,22 @@ log = logging.getLogger("patterns.tasks.zmq")
 RESULTS_LINGER_MS = 5_000  # how long a closing socket may spend delivering what it queued
 
 
-def drain(socket: zmq.asyncio.Socket, at_most: int = 1_000) -> list[bytes]:
+def drain(socket: zmq.Socket, at_most: int = 1_000) -> list[bytes]:
     """The messages ready on `socket` (up to `at_most`), without waiting.
 
-    Through a synchronous shadow of the socket: the asyncio socket's recv returns a future
-    even with NOBLOCK, and one await per message is what makes a receiver slow.
+    Pass a synchronous socket (`zmq.Socket.shadow(s.underlying)` of an asyncio one): the
+    asyncio socket's recv returns a future even with NOBLOCK, and one await per message is
+    what makes a receiver slow.
     """
-    nonblocking = zmq.Socket.shadow(socket.underlying)
     frames: list[bytes] = []
     with contextlib.suppress(zmq.Again):
         while len(frames) < at_most:
-            frames.append(nonblocking.recv(zmq.NOBLOCK))
+            frames.append(socket.recv(zmq.NOBLOCK))
     return frames
+
+
+def shadow(socket: zmq.asyncio.Socket) -> zmq.Socket:
+    return zmq.Socket.shadow(socket.underlying)
 
 
 async def wait_for_workers(monitor: zmq.asyncio.Socket, count: int) -> None:
@@ -84,7 +88,7 @@ async def producer(options: argparse.Namespace) -> None:
         await to_sink.send(wire.encode(job))
         sent = 0
         for task in tasks:
-            if any(wire.cracks(notice, job.searchHash) for notice in drain(control)):
+            if any(wire.cracks(notice, job.searchHash) for notice in drain(shadow(control))):
                 log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
                 break
             await ventilator.send(wire.encode_task(task))  # waits while every worker is full
@@ -111,18 +115,20 @@ async def worker(options: argparse.Namespace) -> None:
         poller = zmq.asyncio.Poller()
         poller.register(from_ventilator, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
+        tasks, notices = shadow(from_ventilator), shadow(control)
         processes.report("ready", name=options.name)
         log.info("%s takes tasks from %s", options.name, options.tasks)
         while work.tally.tasks != options.exit_after:
-            await poller.poll()
-            for notice in drain(control):
+            for notice in drain(notices):
                 work.learn(notice)
             # one task at a time: the rest wait in the socket, where a notice can still
-            # reach them before they are hashed
-            for task in drain(from_ventilator, at_most=1):
-                outcome = await work.process(task)
-                for frame in outcome.results:
-                    await to_sink.send(frame)
+            # reach them before they are hashed; wait only when there is none
+            if not (task := drain(tasks, at_most=1)):
+                await poller.poll()
+                continue
+            outcome = await work.process(task[0])
+            for frame in outcome.results:
+                await to_sink.send(frame)
         processes.report("result", name=options.name, **work.tally.as_dict())
     finally:
         context.destroy(linger=None)
@@ -131,7 +137,7 @@ async def worker(options: argparse.Namespace) -> None:
 async def frames(sink: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
     while True:
         await sink.poll(flags=zmq.POLLIN)
-        yield drain(sink)
+        yield drain(shadow(sink))
 
 
 async def collector(options: argparse.Namespace) -> None:
