@@ -200,7 +200,8 @@ async def collect(
     async def tick() -> None:
         while True:
             await asyncio.sleep(interval)
-            emit("stats", **windows.stats())
+            if tracker.job is not None:  # t counts from the job's announcement
+                emit("stats", **windows.stats())
 
     ticker = asyncio.create_task(tick())
     try:
@@ -224,5 +225,6 @@ async def collect(
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-    emit("stats", **windows.stats())
+    if tracker.job is not None:
+        emit("stats", **windows.stats())
     return tracker.result()

@@ -9,6 +9,7 @@ every task (`result["ledger"]`). `during` is called on each of the collector's s
 reports with the running `Crew`: that is where a fault demo kills a worker mid-job.
 """
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,11 +70,16 @@ async def crack(
     producer_options: tuple[str, ...] = (),
     collector_options: tuple[str, ...] = (),
     plot: LivePlot | None = None,
+    label: str = "",
     during: During | None = None,
     late_workers: int = 0,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run one job to its end; the collector's result, plus who was killed."""
+    """Run one job to its end; the collector's result, plus who was killed.
+
+    The plot, if any, gets the collector's tasks/s for all workers and for each, named
+    after `label`.
+    """
     search_hash = search_hash or hashlib.sha1(str(word).encode()).hexdigest()
     transport_args = ("--transport", transport)
     job_args = ("--hash", search_hash, "--max-length", str(max_length), "--alphabet", alphabet)
@@ -87,11 +93,11 @@ async def crack(
             return child
 
         async def start_workers(count: int, first: int, to: Channels) -> None:
-            for n in range(first, first + count):
-                name = f"w{n}"
-                crew.workers.append(
-                    await start("worker", *to.options(), "--name", name, *worker_options, name=name)
-                )
+            names = [f"w{n}" for n in range(first, first + count)]
+            options = (*to.options(), *worker_options)
+            crew.workers += await asyncio.gather(
+                *(start("worker", *options, "--name", name, name=name) for name in names)
+            )
 
         collector = await start("collector", *channels.options(), *collector_options)
         crew = Crew(transport, channels, collector)
@@ -122,9 +128,9 @@ async def crack(
         async for report in collector.reports():
             if report["event"] == "stats":
                 if plot is not None:
-                    plot.add("all workers", report)
+                    plot.add(f"{label}all workers", report)
                     for name, rate in report["workers"].items():
-                        plot.add(name, {"t": report["t"], "rate": rate})
+                        plot.add(f"{label}{name}", {"t": report["t"], "rate": rate})
                 if during is not None:
                     await during(crew, report)
             elif report["event"] == "found":
@@ -142,3 +148,21 @@ async def cleanup(transport: str, channels: Channels) -> None:
         await amqp.delete(channels)
     elif transport == "streams":
         await streams.delete(channels)
+
+
+def tasks_plot(title: str) -> LivePlot:
+    """A live plot of tasks/s (no latency panel: a task's time is its hashing)."""
+    return LivePlot(title, latency=False, unit="tasks hashed/s")
+
+
+def accounting(result: dict[str, Any]) -> str:
+    """What became of the job's tasks, in words that do not depend on timing."""
+    ledger = result["ledger"]
+    lines = [
+        f"word: {result['word']} (index {result['index']:,})"
+        if result["word"]
+        else "word: not in the search space",
+        f"tasks sent: {ledger['sent']:,}; accounted for: {ledger['sent'] - ledger['lost']:,};"
+        f" lost: {ledger['lost']:,}; complete: {result['complete']}",
+    ]
+    return "\n".join(lines)
