@@ -154,10 +154,11 @@ def test_the_tracker_accounts_for_every_task_once() -> None:
     tracker.take(wire.encode(wire.Done("w1", "other", NODE_HASH, 1, 10, 10)))
     tracker.take(wire.encode(wire.Sent("j", 4)))
     assert not tracker.complete
-    tracker.take(done(30_001, skipped=True))
+    tracker.take(done(30_001, skipped=True, attempts=2))
     assert tracker.complete
     result = tracker.result()
     assert result["workers"] == {"w1": 2, "w2": 1} and result["skipped"] == 1
+    assert result["hashed_tasks"] + result["skipped"] == 4 and result["retried"] == 1
     assert (result["duplicates"], result["malformed"], result["foreign"]) == (1, 1, 1)
     ledger = result["ledger"]
     assert (ledger["sent"], ledger["lost"], ledger["duplicated"]) == (4, 0, 1)

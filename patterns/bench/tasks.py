@@ -41,7 +41,7 @@ from patterns.tasks.space import batches, search_space, word_at
 
 NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
 TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
-PREFETCH = "3"  # the worker's default
+PREFETCH = "10"  # the worker's default
 
 
 def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:

@@ -14,11 +14,13 @@ acking it), which is why the collector counts each task once.
 
 Choices worth copying:
 
-* prefetch 3: a worker hashes one task while the result of the previous one waits for
-  its confirm (persistent messages are confirmed once on disk: milliseconds) and the next
-  one is already on its way, so it never waits for the broker, and it holds back no more
-  than that from the others. A high prefetch hands the others' share to whichever worker
-  asks first (notebook 07 sweeps it).
+* prefetch 10: a worker holds about ten tasks (tens of milliseconds of hashing). While it
+  hashes one, the results of the previous ones wait for their confirms (a persistent
+  message is confirmed once on disk) and the next ones are already there, so it is never
+  idle waiting for the broker, even when the broker shares its cores and answers late.
+  Prefetch 1 leaves it idle for a round trip per task; a large prefetch lets one worker
+  hoard what a worker joining later could have done, and a dying worker hands back more
+  (notebook 07 sweeps it).
 * Bounded retries without broker support: WIRE.md's queues are declared with default
   arguments (the book's samples must declare the same), so they are classic queues, which
   do not count deliveries. A worker that gets a *redelivered* task republishes it with an

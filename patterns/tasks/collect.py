@@ -44,6 +44,7 @@ class Tracker:
         self.hashed = 0
         self.skipped = 0
         self.duplicates = 0
+        self.retried = 0  # tasks first reported after a redelivery (a worker died holding them)
         self.dead: list[wire.Dead] = []  # every dead report seen: malformed tasks too
         self.dead_tasks = 0  # tasks of this job set aside
         self.malformed = 0
@@ -122,6 +123,8 @@ class Tracker:
         else:
             self.tasks_by_worker[report.worker] += 1
             self.hashed += report.hashed
+        if isinstance(report, wire.Done) and report.attempts > 1:
+            self.retried += 1
 
     def seconds(self, now_ns: int | None = None) -> float:
         return ((now_ns or time.perf_counter_ns()) - self.started_ns) / 1e9
@@ -145,6 +148,7 @@ class Tracker:
             "candidates": self.hashed,
             "workers": dict(sorted(self.tasks_by_worker.items())),
             "duplicates": self.duplicates,
+            "retried": self.retried,
             "malformed": self.malformed,
             "foreign": self.foreign,
             "ledger": vars(ledger),

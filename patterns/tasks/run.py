@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
 from patterns import processes
 from patterns.measure.live import LivePlot
 from patterns.tasks import amqp, streams
@@ -166,3 +169,17 @@ def accounting(result: dict[str, Any]) -> str:
         f" lost: {ledger['lost']:,}; complete: {result['complete']}",
     ]
     return "\n".join(lines)
+
+
+def prefetch_figure(rows: list[dict[str, Any]]) -> Figure:
+    """A prefetch sweep: job time, and the tasks redelivered after a worker was killed."""
+    with plt.ioff():
+        fig, (time_axes, held_axes) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+    labels = [str(row["prefetch"]) for row in rows]
+    time_axes.bar(labels, [row["seconds"] for row in rows], color="C0")
+    time_axes.set(xlabel="prefetch", ylabel="job time, s", title="time to hash every task")
+    held_axes.bar(labels, [row["redelivered"] for row in rows], color="C1")
+    held_axes.set(
+        xlabel="prefetch", ylabel="tasks", title="tasks the killed worker held, done again"
+    )
+    return fig

@@ -141,6 +141,7 @@ class Done:
     hashed: int
     found: str | None = None
     skipped: bool = False
+    attempts: int = 1  # which delivery of the task this was: > 1 after a redelivery
     type: str = "done"
 
 

@@ -133,6 +133,7 @@ class Worker:
             hashed,
             word,
             skipped,
+            attempts,
         )
         results = [wire.encode(done)]
         if word is not None:
