@@ -196,9 +196,8 @@ async def finish(
         return
     data = fields.get(b"task")
     if data is None:
-        outcome = work.set_aside(
-            f"no field 'task' in the entry (fields: {sorted(fields)})", attempts
-        )
+        names = ", ".join(sorted(name.decode(errors="replace") for name in fields))
+        outcome = work.set_aside(f"no field 'task' in the entry, only: {names}", attempts)
         data = b""
     else:
         outcome = await work.process(data, attempts)
