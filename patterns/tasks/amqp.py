@@ -37,6 +37,7 @@ Choices worth copying:
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -57,6 +58,7 @@ ATTEMPTS = "x-attempts"
 RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to reach the broker
 CHUNK = 100  # tasks published before their confirms are awaited together
 WINDOW_CHECK_S = 0.05  # how often a held-back producer looks at the queue's depth again
+CLEANUP_S = 1.0  # how long a session cut off from the broker may take to wind down
 BROKEN = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
 
 
@@ -118,6 +120,7 @@ async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awa
     finally:
         if not task.done():
             task.cancel()
+            await asyncio.wait([task], timeout=CLEANUP_S)  # its `finally`, but not forever
     if not task.done() or task.cancelled():
         raise ConnectionError("the connection closed")
     return task.result()
@@ -128,7 +131,8 @@ async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awa
 
 async def producer(options: argparse.Namespace) -> None:
     job, tasks = plan(options.hash, options.max_length, options.alphabet, options.batch_size)
-    pending = [wire.encode_task(task) for task in tasks]  # a job's tasks are small
+    bodies = (wire.encode_task(task) for task in tasks)
+    chunk: list[bytes] = []  # published, not yet confirmed: published again after a reconnect
     sent = 0
     announced = False
     cracked = asyncio.Event()
@@ -139,7 +143,7 @@ async def producer(options: argparse.Namespace) -> None:
             cracked.set()
 
     async def session(connection: aiormq.abc.AbstractConnection) -> bool:
-        nonlocal sent, announced
+        nonlocal sent, announced, chunk
         channel = await connection.channel()  # publisher confirms are on
         await declare(channel, options)
         await listen(channel, options.control, on_notice)
@@ -148,12 +152,14 @@ async def producer(options: argparse.Namespace) -> None:
                 wire.encode(job), routing_key=options.results, properties=persistent()
             )
             announced = True
-        while sent < len(pending) and not cracked.is_set():
+        while not cracked.is_set():
+            chunk = chunk or list(itertools.islice(bodies, min(CHUNK, options.window)))
+            if not chunk:
+                break
             depth = (await channel.queue_declare(options.tasks, passive=True)).message_count
             if depth is not None and depth >= options.window:
                 await asyncio.sleep(WINDOW_CHECK_S)
                 continue
-            chunk = pending[sent : sent + min(CHUNK, options.window)]
             confirms = [
                 channel.basic_publish(body, routing_key=options.tasks, properties=persistent())
                 for body in chunk
@@ -161,7 +167,7 @@ async def producer(options: argparse.Namespace) -> None:
             for confirm in await asyncio.gather(*confirms):
                 if not isinstance(confirm, Basic.Ack):
                     raise ConnectionError(f"the broker refused a task: {confirm}")
-            sent += len(chunk)  # only once confirmed: after a reconnect, the chunk goes again
+            sent, chunk = sent + len(chunk), []
         if cracked.is_set():
             log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
         await channel.basic_publish(
@@ -262,15 +268,11 @@ async def worker(options: argparse.Namespace) -> None:
             ready = True
         log.info("%s consumes %s, prefetch %d", options.name, options.tasks, options.prefetch)
         acking: set[asyncio.Task] = set()
-        try:
-            while work.tally.tasks != options.exit_after:
-                if (
-                    task := await handle(work, channel, await deliveries.get(), options)
-                ) is not None:
-                    acking.add(task)
-                    task.add_done_callback(acking.discard)
-        finally:
-            await asyncio.gather(*acking)  # exiting: every finished task is acked first
+        while work.tally.tasks != options.exit_after:
+            if (task := await handle(work, channel, await deliveries.get(), options)) is not None:
+                acking.add(task)
+                task.add_done_callback(acking.discard)
+        await asyncio.gather(*acking)  # done: every finished task is acked before leaving
         return True
 
     await connected(config.AMQP_URL, session)

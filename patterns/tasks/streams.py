@@ -30,6 +30,7 @@ pending + lag), far below the bound, so trimming never removes a task nobody has
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -112,7 +113,8 @@ async def backlog(redis: aioredis.Redis, stream: str, group: str) -> int:
 
 async def producer(options: argparse.Namespace) -> None:
     job, tasks = plan(options.hash, options.max_length, options.alphabet, options.batch_size)
-    pending = [wire.encode_task(task) for task in tasks]
+    bodies = (wire.encode_task(task) for task in tasks)
+    chunk: list[bytes] = []  # appended, not yet confirmed: appended again after a failure
     cracked = asyncio.Event()
     redis = client()
     listener = None
@@ -130,17 +132,19 @@ async def producer(options: argparse.Namespace) -> None:
             )
         )
         sent = 0
-        while sent < len(pending) and not cracked.is_set():
+        while not cracked.is_set():
+            chunk = chunk or list(itertools.islice(bodies, min(CHUNK, options.window)))
+            if not chunk:
+                break
             try:
                 if await backlog(redis, options.tasks, options.group) >= options.window:
                     await asyncio.sleep(WINDOW_CHECK_S)
                     continue
-                chunk = pending[sent : sent + min(CHUNK, options.window)]
                 async with redis.pipeline(transaction=False) as pipe:
                     for body in chunk:
                         pipe.xadd(options.tasks, {"task": body}, maxlen=MAXLEN["tasks"])
                     await pipe.execute()
-                sent += len(chunk)
+                sent, chunk = sent + len(chunk), []
             except BROKEN as error:  # the chunk goes again: at least once
                 log.warning("Redis unreachable (%s): retrying", error)
                 await asyncio.sleep(RECONNECT_S[2])
@@ -217,66 +221,71 @@ async def finish(
         await pipe.execute()
 
 
+Entry = tuple[bytes, dict[bytes, bytes] | None, int]  # id, fields, which delivery it is
+
+
+async def own_pending(redis: aioredis.Redis, options: argparse.Namespace) -> list[Entry]:
+    """Entries delivered to this consumer and never acked: it died, or lost its connection."""
+    read = await redis.xreadgroup(options.group, options.name, {options.tasks: "0"}, count=100)
+    entries = read[0][1] if read else []
+    if entries:
+        log.info("finishing %d tasks left pending to %s", len(entries), options.name)
+    counts = await deliveries(redis, options, [entry_id for entry_id, _ in entries])
+    return [(entry_id, fields, counts.get(entry_id, 1)) for entry_id, fields in entries]
+
+
+async def reclaim(redis: aioredis.Redis, options: argparse.Namespace) -> list[Entry]:
+    """Entries other consumers left pending for longer than `--claim-idle`: now ours."""
+    _, claimed, trimmed = await redis.xautoclaim(
+        options.tasks,
+        options.group,
+        options.name,
+        min_idle_time=int(options.claim_idle * 1000),
+        count=10,
+    )
+    if trimmed:
+        log.warning("%d pending tasks were trimmed before anyone acked them", len(trimmed))
+    if claimed:
+        log.info("reclaimed %d tasks idle for over %g s", len(claimed), options.claim_idle)
+    counts = await deliveries(redis, options, [entry_id for entry_id, _ in claimed])
+    return [(entry_id, fields, counts.get(entry_id, 1)) for entry_id, fields in claimed]
+
+
+async def new_entries(
+    redis: aioredis.Redis, options: argparse.Namespace, block_ms: int
+) -> list[Entry]:
+    """The next new entry for this consumer, waiting for one at most `block_ms`."""
+    read = await redis.xreadgroup(
+        options.group, options.name, {options.tasks: ">"}, count=1, block=block_ms
+    )
+    return [(entry_id, fields, 1) for _, entries in read for entry_id, fields in entries]
+
+
 async def worker(options: argparse.Namespace) -> None:
     work = Worker(options.name, options.max_attempts)
     redis = client()
     listener = None
+    # a blocked read must not delay a reclaim that is due
     block_ms = int(min(BLOCK_MS, options.claim_idle * 1000 / 2))
     try:
         await reconnecting(lambda: ensure_group(redis, options.tasks, options.group))
         listener = asyncio.create_task(notices(redis, options.control, work.learn))
         processes.report("ready", name=options.name)
         log.info("%s reads %s as a member of %s", options.name, options.tasks, options.group)
-        own_first = True
+        own_first = True  # at start, and after a lost connection
         next_claim = time.monotonic() + options.claim_idle / 2
         while work.tally.tasks != options.exit_after:
             try:
-                if own_first:  # what we had taken before a restart or a lost connection
-                    read = await redis.xreadgroup(
-                        options.group, options.name, {options.tasks: "0"}, count=100
-                    )
-                    entries = read[0][1] if read else []
-                    if not entries:
-                        own_first = False
-                        continue
-                    counts = await deliveries(redis, options, [e[0] for e in entries])
-                    log.info("finishing %d tasks left pending to %s", len(entries), options.name)
-                    for entry_id, fields in entries:
-                        await finish(
-                            work, redis, options, entry_id, fields, counts.get(entry_id, 1)
-                        )
-                    continue
-                if time.monotonic() >= next_claim:
+                if own_first:
+                    entries = await own_pending(redis, options)
+                    own_first = bool(entries)
+                elif time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + options.claim_idle / 2
-                    _, claimed, trimmed = await redis.xautoclaim(
-                        options.tasks,
-                        options.group,
-                        options.name,
-                        min_idle_time=int(options.claim_idle * 1000),
-                        count=10,
-                    )
-                    if trimmed:
-                        log.warning(
-                            "%d pending tasks were trimmed before anyone acked them", len(trimmed)
-                        )
-                    if claimed:
-                        log.info(
-                            "reclaimed %d tasks idle for over %g s",
-                            len(claimed),
-                            options.claim_idle,
-                        )
-                        counts = await deliveries(redis, options, [e[0] for e in claimed])
-                        for entry_id, fields in claimed:
-                            await finish(
-                                work, redis, options, entry_id, fields, counts.get(entry_id, 1)
-                            )
-                        continue
-                read = await redis.xreadgroup(
-                    options.group, options.name, {options.tasks: ">"}, count=1, block=block_ms
-                )
-                for _, entries in read:
-                    for entry_id, fields in entries:
-                        await finish(work, redis, options, entry_id, fields, 1)
+                    entries = await reclaim(redis, options)
+                else:
+                    entries = await new_entries(redis, options, block_ms)
+                for entry_id, fields, attempts in entries:
+                    await finish(work, redis, options, entry_id, fields, attempts)
             except BROKEN as error:
                 log.warning("Redis unreachable (%s): reconnecting", error)
                 own_first = True
