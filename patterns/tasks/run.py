@@ -10,6 +10,8 @@ reports with the running `Crew`: that is where a fault demo kills a worker mid-j
 """
 
 import asyncio
+import atexit
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from matplotlib.figure import Figure
 from patterns import processes
 from patterns.measure.live import LivePlot
 from patterns.tasks import amqp, streams
-from patterns.tasks.job import DEFAULTS, Channels
+from patterns.tasks.job import DEFAULTS, Channels, unique
 from patterns.tasks.space import ALPHABET
 
 MODULE = "patterns.tasks"
@@ -141,6 +143,22 @@ async def crack(
             elif report["event"] == "result":
                 return report | {"found_report": found, "killed": crew.killed}
         raise processes.ChildFailed(f"the collector ended without a result:\n{collector.log()}")
+
+
+def private_channels(transport: str, label: str) -> Channels:
+    """Channels of this notebook run only, deleted when the process exits if not before.
+
+    A notebook deletes them in its last cell; if a cell fails first, or the reader stops
+    half-way, they are deleted when the kernel shuts down.
+    """
+    channels = unique(transport, label)
+    atexit.register(_cleanup_now, transport, channels)
+    return channels
+
+
+def _cleanup_now(transport: str, channels: Channels) -> None:
+    with contextlib.suppress(Exception):  # at exit, a broker that is gone is no error
+        asyncio.run(cleanup(transport, channels))
 
 
 async def cleanup(transport: str, channels: Channels) -> None:
