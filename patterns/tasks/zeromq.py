@@ -96,8 +96,9 @@ async def producer(options: argparse.Namespace) -> None:
         await to_sink.send(wire.encode(wire.Sent(job.job, sent)))
         log.info("sent %d tasks of job %s", sent, job.job)
         processes.report("result", job=job.job, sent=sent)
+        context.destroy(linger=None)  # each socket's own: every task reaches a worker
     finally:
-        context.destroy(linger=None)  # None: each socket's own linger
+        context.destroy(linger=0)  # stopped before the end: drop what was not handed over
 
 
 async def worker(options: argparse.Namespace) -> None:
