@@ -198,7 +198,7 @@ async def confirm_then_ack(
 ) -> None:
     """Ack the task once the broker confirmed all it produced; if it refused, requeue it."""
     try:
-        confirms = await asyncio.gather(*publishing)
+        confirms = [await publish for publish in publishing]  # in order: Found, then done
         if all(isinstance(confirm, Basic.Ack) for confirm in confirms):
             await channel.basic_ack(tag)
         else:
