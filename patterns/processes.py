@@ -14,7 +14,7 @@ whose tail is in the error when it fails to start.
 Nothing outlives the notebook: each child leads its own process group, so stopping it
 stops anything it started; the children still running when the interpreter exits are
 stopped by an `atexit` hook; and if the parent dies without running it (a kernel killed
-by a restart), the kernel's death signal (PR_SET_PDEATHSIG) stops the child.
+by a restart), Linux's parent-death signal (PR_SET_PDEATHSIG) stops the child.
 """
 
 import asyncio
@@ -123,18 +123,9 @@ class Child:
             os.killpg(self.pid, sig)
 
     async def wait(self, timeout: float | None = None) -> int:
-        """Its exit code, once it exits (a pidfd becomes readable then: no polling)."""
-        if self.process.poll() is None:
-            loop = asyncio.get_running_loop()
-            exited = loop.create_future()
-            pidfd = os.pidfd_open(self.pid)
-            loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-            try:
-                async with asyncio.timeout(timeout):
-                    await exited
-            finally:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
+        """Its exit code, once it exits."""
+        async with asyncio.timeout(timeout):
+            await _exited(self.process)
         returncode = self.process.wait()
         await self._finish()
         return returncode
@@ -155,6 +146,24 @@ class Child:
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+
+
+async def _exited(process: subprocess.Popen) -> None:
+    """Return when the process has exited: a pidfd becomes readable then (Linux), else poll."""
+    if process.poll() is not None:
+        return
+    if not hasattr(os, "pidfd_open"):  # not Linux: an exit status has no file descriptor
+        await asyncio.to_thread(process.wait)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    pidfd = os.pidfd_open(process.pid)
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 async def start(
@@ -279,10 +288,11 @@ def run(main: Coroutine[Any, Any, Any]) -> None:
 
 def _launch(argv: list[str]) -> None:
     """Run `python -m argv[0] argv[1:]` as a child that dies with its parent."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != int(os.environ[PARENT_PID]):
-        sys.exit("the parent exited before this child started")
+    if sys.platform == "linux":  # elsewhere only the atexit hook and stop() reap children
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != int(os.environ[PARENT_PID]):
+            sys.exit("the parent exited before this child started")
     try:
         found = importlib.util.find_spec(argv[0]) is not None
     except ModuleNotFoundError:

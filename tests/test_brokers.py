@@ -1,10 +1,14 @@
+import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
 
 from patterns import brokers, config
 from patterns.brokers import BROKERS, BrokerUnavailable
@@ -72,3 +76,20 @@ def test_the_command_line_fails_with_the_sentence_and_no_traceback() -> None:
 def test_redacted_hides_only_the_password() -> None:
     assert config.redacted("amqp://u:p4ss@h:1/v") == "amqp://u:***@h:1/v"
     assert config.redacted("redis://h:6379/0") == "redis://h:6379/0"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+async def test_bring_up_starts_an_installed_redis_on_loopback(monkeypatch, capsys) -> None:
+    port = closed_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    monkeypatch.setitem(BROKERS, "redis", dataclasses.replace(BROKERS["redis"], url=url))
+    monkeypatch.setattr(brokers, "docker_engine_runs", lambda: False)
+    client = aioredis.from_url(url)
+    try:
+        await brokers.bring_up()
+        assert f"starting redis-server on 127.0.0.1:{port}" in capsys.readouterr().out
+        assert (await client.config_get("bind"))["bind"].startswith("127.0.0.1")
+    finally:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            await client.shutdown(nosave=True)
+        await client.aclose()

@@ -114,6 +114,8 @@ async def receive(
     malformed = 0
     async for batch in batches:
         now_ns = time.perf_counter_ns()  # one clock read for the batch: when it became ours
+        if not meter.count:
+            meter.started_ns = now_ns  # the run starts with its first message
         for frame in batch:
             try:
                 if (end := read_end(frame)) is not None:
@@ -189,7 +191,6 @@ async def receiver_main(transport: str, endpoint: str, producers: int) -> None:
             await client.delete(endpoint)  # nothing left over from an interrupted run
             batches = redis_batches(client, endpoint)
         processes.report("ready", endpoint=endpoint)
-        meter.started_ns = time.perf_counter_ns()
         async with reporting(processes.report, meter, latency):
             sent = await receive(batches, producers, meter, latency, ledger)
         malformed = sent.pop("malformed")

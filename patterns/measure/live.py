@@ -106,14 +106,14 @@ class LivePlot(LiveFigure):
             color = f"C{list(self._data).index(series) % 10}"
             if role == "rate":
                 (line,) = self.rate_axes.plot([], [], color=color, label=series)
-                self.rate_axes.legend(loc="upper right", fontsize="small")
+                self.rate_axes.legend(loc="best", fontsize="small")
             else:
                 assert self.latency_axes is not None
                 style = "-" if role == "p50" else "--"
                 (line,) = self.latency_axes.plot(
                     [], [], style, color=color, label=f"{series} {role}"
                 )
-                self.latency_axes.legend(loc="upper right", fontsize="small")
+                self.latency_axes.legend(loc="best", fontsize="small", ncols=2)
             self._lines[series, role] = line
         return self._lines[series, role]
 

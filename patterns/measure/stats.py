@@ -44,13 +44,18 @@ async def reporting(
     interval: float = 0.25,
     **labels: Any,
 ) -> AsyncIterator[None]:
-    """Emit a "stats" window every `interval` s while the block runs, and one at its end."""
+    """Emit a "stats" window every `interval` s while the block runs, and one at its end.
+
+    Windows start with the first message counted: the time a run spends waiting for its
+    first message (a sender still starting) is not part of it.
+    """
     since: dict = {}
 
     async def tick() -> None:
         while True:
             await asyncio.sleep(interval)
-            emit("stats", **labels, **window(meter, latency, since))
+            if meter.count:
+                emit("stats", **labels, **window(meter, latency, since))
 
     task = asyncio.create_task(tick())
     try:

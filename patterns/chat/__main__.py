@@ -1,0 +1,3 @@
+from patterns.chat.server import main
+
+main()

@@ -1,0 +1,93 @@
+"""Start chat instances (and the history service) as child processes, and clean up after.
+
+The notebooks and tests run several instances side by side: each on a free HTTP port,
+on a topic of their own (a channel, exchange or stream name) so they never mix with a chat
+a reader runs on the book's defaults.
+"""
+
+import random
+import socket
+from pathlib import Path
+
+import aiormq
+import redis.asyncio as aioredis
+
+from patterns import config, processes
+from patterns.processes import Child
+
+
+def free_port() -> int:
+    """A free loopback TCP port, for a ZeroMQ PUB socket its peers must know in advance.
+
+    Taken below the kernel's ephemeral range (32768-60999 on Linux): peers connect to it
+    before it is bound, and a client that keeps connecting to an unbound ephemeral port can
+    be given that very port as its own source port and connect to itself.
+    """
+    while True:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+async def start(
+    started: list[Child],
+    backend: str,
+    count: int,
+    topic: str,
+    history_url: str = "",
+    env: dict[str, str] | None = None,
+) -> list[Child]:
+    """`count` instances of `backend`; ZeroMQ ones bind a PUB port each and subscribe to all
+    the others' (the book's mesh). All start at once: a ZeroMQ instance is ready only when
+    its peers have subscribed to it. Each is appended to `started` as soon as it runs."""
+    pubs = [free_port() for _ in range(count)] if backend == "zmq" else []
+    instances = []
+    for index in range(count):
+        args = ["--backend", backend, "--port", "0", "--topic", topic]
+        if backend == "zmq":
+            args += ["--pub", str(pubs[index])]
+            args += [f"--sub={port}" for i, port in enumerate(pubs) if i != index]
+        if history_url:
+            args += ["--history-url", history_url]
+        child = await processes.start(
+            "patterns.chat", *args, name=f"chat {index}", env=env, wait_ready=False
+        )
+        started.append(child)
+        instances.append(child)
+    for child in instances:
+        child.ready = await child.next_report("ready", timeout=processes.READY_TIMEOUT_S)
+    return instances
+
+
+async def start_history(
+    started: list[Child], exchange: str, queue: str, db: Path, env: dict[str, str] | None = None
+) -> Child:
+    child = await processes.start(
+        "patterns.chat.history",
+        *("--port", "0", "--exchange", exchange, "--queue", queue, "--db", str(db)),
+        name="history",
+        env=env,
+    )
+    started.append(child)
+    return child
+
+
+async def clean(topic: str, queues: tuple[str, ...] = ()) -> None:
+    """Delete what a run on `topic` left in the brokers: the stream, the exchange, queues."""
+    client = aioredis.from_url(config.REDIS_URL)
+    try:
+        await client.delete(topic)
+    finally:
+        await client.aclose()
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(topic)
+    finally:
+        await connection.close()
