@@ -6,6 +6,8 @@ them; an entry stays *pending* (in the group's pending-entries list, with its co
 idle time and delivery count) until that worker acks it. A worker publishes its result to
 `results_stream` (field `result`) and acks the task in one MULTI/EXEC transaction: either
 both happen or neither, so a worker that dies leaves its task pending, never half done.
+That commit runs in a task of its own while the worker reads and hashes its next entry,
+so the round trip to Redis does not stand between two tasks.
 
     python -m patterns.tasks collector --transport streams
     python -m patterns.tasks worker --transport streams --name w1   # a stable name per worker
@@ -45,7 +47,7 @@ from patterns import config, processes
 from patterns.tasks import wire
 from patterns.tasks.collect import collect
 from patterns.tasks.job import Channels, plan
-from patterns.tasks.work import Worker
+from patterns.tasks.work import Outcome, Worker
 
 log = logging.getLogger("patterns.tasks.streams")
 MAXLEN = {"tasks": 100_000, "results": 100_000, "dead": 10_000, "control": 1_000}
@@ -192,33 +194,54 @@ async def finish(
     entry_id: bytes,
     fields: dict | None,
     attempts: int,
-) -> None:
-    """Process one entry; publish what it produced and ack it, atomically."""
-    if fields is None:  # trimmed away while pending: nothing left to do
+    previous: asyncio.Task | None,
+) -> asyncio.Task:
+    """Process one entry, then commit it in a task of its own, after the previous entry's
+    commit (so they land in order): the worker goes on with its next entry meanwhile."""
+    data = b"" if fields is None else fields.get(b"task", b"")
+    if fields is None:  # trimmed away while pending: nothing left to do but ack it
         log.warning("pending entry %s was trimmed from the stream: acked", entry_id)
-        await redis.xack(options.tasks, options.group, entry_id)
-        return
-    data = fields.get(b"task")
-    if data is None:
+        outcome = Outcome([])
+    elif b"task" not in fields:
         names = ", ".join(sorted(name.decode(errors="replace") for name in fields))
         outcome = work.set_aside(f"no field 'task' in the entry, only: {names}", attempts)
-        data = b""
     else:
         outcome = await work.process(data, attempts)
-    async with redis.pipeline(transaction=True) as pipe:
-        for frame in outcome.results:
-            pipe.xadd(options.results, {"result": frame}, maxlen=MAXLEN["results"])
-        if outcome.dead is not None:
-            letter = {
-                "task": data,
-                "reason": outcome.dead.reason,
-                "worker": work.name,
-                "attempts": attempts,
-                "id": entry_id,
-            }
-            pipe.xadd(options.dead, letter, maxlen=MAXLEN["dead"])
-        pipe.xack(options.tasks, options.group, entry_id)
-        await pipe.execute()
+    return asyncio.create_task(
+        commit(redis, options, work.name, entry_id, data, outcome, attempts, previous)
+    )
+
+
+async def commit(
+    redis: aioredis.Redis,
+    options: argparse.Namespace,
+    worker: str,
+    entry_id: bytes,
+    data: bytes,
+    outcome: Outcome,
+    attempts: int,
+    previous: asyncio.Task | None = None,
+) -> None:
+    """Publish what an entry produced and ack it in one MULTI/EXEC: together or not at all."""
+    if previous is not None:
+        await previous
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            for frame in outcome.results:
+                pipe.xadd(options.results, {"result": frame}, maxlen=MAXLEN["results"])
+            if outcome.dead is not None:
+                letter = {
+                    "task": data,
+                    "reason": outcome.dead.reason,
+                    "worker": worker,
+                    "attempts": attempts,
+                    "id": entry_id,
+                }
+                pipe.xadd(options.dead, letter, maxlen=MAXLEN["dead"])
+            pipe.xack(options.tasks, options.group, entry_id)
+            await pipe.execute()
+    except BROKEN as error:  # still pending: done again after a reconnect or a reclaim
+        log.warning("could not commit entry %s (%s): it stays pending", entry_id, error)
 
 
 Entry = tuple[bytes, dict[bytes, bytes] | None, int]  # id, fields, which delivery it is
@@ -274,6 +297,7 @@ async def worker(options: argparse.Namespace) -> None:
         log.info("%s reads %s as a member of %s", options.name, options.tasks, options.group)
         own_first = True  # at start, and after a lost connection
         next_claim = time.monotonic() + options.claim_idle / 2
+        committed: asyncio.Task | None = None  # the last entry's commit
         while work.tally.tasks != options.exit_after:
             try:
                 if own_first:
@@ -285,11 +309,15 @@ async def worker(options: argparse.Namespace) -> None:
                 else:
                     entries = await new_entries(redis, options, block_ms)
                 for entry_id, fields, attempts in entries:
-                    await finish(work, redis, options, entry_id, fields, attempts)
+                    committed = await finish(
+                        work, redis, options, entry_id, fields, attempts, committed
+                    )
             except BROKEN as error:
                 log.warning("Redis unreachable (%s): reconnecting", error)
                 own_first = True
                 await asyncio.sleep(RECONNECT_S[2])
+        if committed is not None:
+            await committed  # done: every finished entry is committed first
         processes.report("result", name=options.name, **work.tally.as_dict())
     finally:
         if listener is not None:
