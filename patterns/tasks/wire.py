@@ -183,6 +183,14 @@ def encode(report: Report) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+INTEGERS = {  # the fields of each report that a collector counts or computes with
+    "job": ("maxLength", "batchSize", "tasks"),
+    "sent": ("tasks",),
+    "done": ("batchStart", "batchEnd", "hashed", "attempts"),
+    "dead": ("attempts",),
+}
+
+
 def decode(data: bytes | str) -> Report | str:
     """A report, or the word of a `Found: <word>` text; `MalformedMessage` for anything else."""
     text = data.decode(errors="replace") if isinstance(data, bytes | bytearray) else data
@@ -190,7 +198,10 @@ def decode(data: bytes | str) -> Report | str:
         return text[len(FOUND_PREFIX) :]
     try:
         fields = json.loads(text)
-        return REPORTS[fields.pop("type")](**fields)
+        kind = fields.pop("type")
+        if not all(type(fields.get(name, 0)) is int for name in INTEGERS.get(kind, ())):
+            raise TypeError("a count or an index that is not an integer")
+        return REPORTS[kind](**fields)
     except (json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError):
         raise MalformedMessage(f"not a result or report: {text[:60]!r}") from None
 
