@@ -53,9 +53,7 @@ def parser() -> argparse.ArgumentParser:
     )
     work = parser.add_argument_group("worker")
     work.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
-    work.add_argument(
-        "--prefetch", type=int, default=10, help="amqp, streams: tasks taken ahead, unacked"
-    )
+    work.add_argument("--prefetch", type=int, default=10, help="amqp: unacked tasks held")
     work.add_argument(
         "--claim-idle", type=float, default=10.0, help="streams: reclaim tasks idle this many s"
     )

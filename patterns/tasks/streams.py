@@ -7,9 +7,7 @@ idle time and delivery count) until that worker acks it. A worker publishes its 
 `results_stream` (field `result`) and acks the task in one MULTI/EXEC transaction: either
 both happen or neither, so a worker that dies leaves its task pending, never half done.
 That commit runs in a task of its own while the worker reads and hashes its next entry,
-so the round trip to Redis does not stand between two tasks; and a worker reads up to
-`--prefetch` entries (10) at a time, which stay pending to it until done, as an AMQP
-prefetch does.
+so the round trip to Redis does not stand between two tasks.
 
     python -m patterns.tasks collector --transport streams
     python -m patterns.tasks worker --transport streams --name w1   # a stable name per worker
@@ -279,13 +277,9 @@ async def reclaim(redis: aioredis.Redis, options: argparse.Namespace) -> list[En
 async def new_entries(
     redis: aioredis.Redis, options: argparse.Namespace, block_ms: int
 ) -> list[Entry]:
-    """Up to `--prefetch` new entries for this consumer, waiting at most `block_ms` for one.
-
-    Like an AMQP prefetch: one round trip brings several tasks, which stay pending to this
-    worker (and are reclaimed from it if it dies) until it has done them.
-    """
+    """The next new entry for this consumer, waiting for one at most `block_ms`."""
     read = await redis.xreadgroup(
-        options.group, options.name, {options.tasks: ">"}, count=options.prefetch, block=block_ms
+        options.group, options.name, {options.tasks: ">"}, count=1, block=block_ms
     )
     return [(entry_id, fields, 1) for _, entries in read for entry_id, fields in entries]
 
