@@ -194,10 +194,8 @@ async def finish(
     entry_id: bytes,
     fields: dict | None,
     attempts: int,
-    previous: asyncio.Task | None,
 ) -> asyncio.Task:
-    """Process one entry, then commit it in a task of its own, after the previous entry's
-    commit (so they land in order): the worker goes on with its next entry meanwhile."""
+    """Process one entry, then commit it in a task of its own: the worker goes on meanwhile."""
     data = b"" if fields is None else fields.get(b"task", b"")
     if fields is None:  # trimmed away while pending: nothing left to do but ack it
         log.warning("pending entry %s was trimmed from the stream: acked", entry_id)
@@ -207,9 +205,7 @@ async def finish(
         outcome = work.set_aside(f"no field 'task' in the entry, only: {names}", attempts)
     else:
         outcome = await work.process(data, attempts)
-    return asyncio.create_task(
-        commit(redis, options, work.name, entry_id, data, outcome, attempts, previous)
-    )
+    return asyncio.create_task(commit(redis, options, work.name, entry_id, data, outcome, attempts))
 
 
 async def commit(
@@ -220,11 +216,8 @@ async def commit(
     data: bytes,
     outcome: Outcome,
     attempts: int,
-    previous: asyncio.Task | None = None,
 ) -> None:
     """Publish what an entry produced and ack it in one MULTI/EXEC: together or not at all."""
-    if previous is not None:
-        await previous
     try:
         async with redis.pipeline(transaction=True) as pipe:
             for frame in outcome.results:
@@ -309,9 +302,11 @@ async def worker(options: argparse.Namespace) -> None:
                 else:
                     entries = await new_entries(redis, options, block_ms)
                 for entry_id, fields, attempts in entries:
-                    committed = await finish(
-                        work, redis, options, entry_id, fields, attempts, committed
-                    )
+                    if committed is not None:
+                        # one commit in flight at most: they land in order, and a worker
+                        # that dies leaves no more than two entries pending
+                        await committed
+                    committed = await finish(work, redis, options, entry_id, fields, attempts)
             except BROKEN as error:
                 log.warning("Redis unreachable (%s): reconnecting", error)
                 own_first = True
