@@ -1,0 +1,386 @@
+"""Hashsum cracker: a worker's hashes/s vs plain hashlib, 2-vs-1-worker speedup, per-task overhead.
+
+Per transport (zmq, amqp, streams), three comparisons, each made of rounds that alternate
+the two sides (so the load of a shared machine falls on both alike) and summarised by
+the median of the per-round ratios:
+
+* hashing: one worker cracks a job whose word is not in the space (every candidate is
+  hashed), measured inside the worker from its first task to its last; against a plain
+  loop, in a process of its own, hashing the very same candidate words, ready-made, with
+  `hashlib.sha1(word).digest() == target` (only the loop is timed). Target: ratio >= 0.9.
+  The same ratio per CPU second (`hash_ratio_per_cpu_s`) is given too: on a busy machine
+  the worker shares the cores with the broker and the collector, the plain loop does not.
+* speedup: a job's wall time (the collector's, from the job's announcement to its last
+  report) with one worker, over its time with two; the full run's job is every word of up
+  to five letters (12,356,630 candidates). Target on 2 cores: >= 1.7.
+* overhead: one worker's tasks/s on empty tasks (nothing to hash: all messaging), against
+  a raw loop with the same client doing the same messaging (take the task, decode it,
+  publish a result, ack). Target: ratio >= 0.9.
+
+The raw loop and the plain loop are this module's children: `python -m
+patterns.bench.tasks raw|plain ...`.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import statistics
+import time
+from typing import Any
+
+import aiormq
+import redis.asyncio as aioredis
+import zmq
+import zmq.asyncio
+
+from patterns import config, processes
+from patterns.tasks import amqp, streams, wire
+from patterns.tasks.job import TRANSPORTS, Channels, unique
+from patterns.tasks.run import cleanup, crack
+from patterns.tasks.space import ALPHABET, batches, search_space, word_at
+
+NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
+TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
+PREFETCH = "10"  # the worker's default
+ROUNDS = {True: 2, False: 5}  # --quick is the test suite's smoke run: its numbers mean little
+EMPTY_TASKS = {"zmq": 20_000, "amqp": 2_000, "streams": 3_000}  # about a second each
+
+
+def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:
+    return ("--hash", NOWHERE, "--alphabet", alphabet, "--max-length", str(max_length))
+
+
+# ---- the two reference loops (children) -------------------------------------------------
+
+
+def plain(alphabet: str, max_length: int, batch_size: int) -> dict[str, Any]:
+    """Hash every candidate with a plain hashlib loop over ready-made words."""
+    target = bytes.fromhex(NOWHERE)
+    sha1 = hashlib.sha1
+    hashed, elapsed_ns, cpu_ns = 0, 0, 0
+    for start, end in batches(search_space(len(alphabet), max_length), batch_size):
+        words = [word_at(i, alphabet).encode() for i in range(start, end + 1)]
+        began, began_cpu = time.perf_counter_ns(), time.process_time_ns()
+        for word in words:
+            if sha1(word).digest() == target:
+                raise AssertionError("the target is not in the space")
+        elapsed_ns += time.perf_counter_ns() - began
+        cpu_ns += time.process_time_ns() - began_cpu
+        hashed += len(words)
+    return {"hashed": hashed, "seconds": elapsed_ns / 1e9, "cpu_seconds": cpu_ns / 1e9}
+
+
+async def raw_zmq(options: argparse.Namespace) -> tuple[int, int]:
+    context = zmq.asyncio.Context()
+    try:
+        pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+        pull.connect(options.tasks)
+        push.connect(options.results)
+        processes.report("ready")
+        first = 0
+        for _ in range(options.count):
+            task = json.loads(await pull.recv())
+            first = first or time.perf_counter_ns()
+            await push.send(
+                json.dumps({"worker": "raw", "batchStart": task["batchStart"]}).encode()
+            )
+        return first, time.perf_counter_ns()
+    finally:
+        context.destroy(linger=1_000)
+
+
+async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=int(PREFETCH))
+        done = asyncio.Event()
+        stamps = [0, 0, 0]  # first, last, count
+
+        async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
+            task = json.loads(message.body)
+            stamps[0] = stamps[0] or time.perf_counter_ns()
+            result = json.dumps({"worker": "raw", "batchStart": task["batchStart"]}).encode()
+            await channel.basic_publish(
+                result, routing_key=options.results, properties=amqp.persistent()
+            )
+            await channel.basic_ack(message.delivery_tag or 0)
+            stamps[2] += 1
+            if stamps[2] == options.count:
+                stamps[1] = time.perf_counter_ns()
+                done.set()
+
+        await channel.basic_consume(options.tasks, on_task)
+        processes.report("ready")
+        await done.wait()
+        return stamps[0], stamps[1]
+    finally:
+        await connection.close()
+
+
+async def raw_streams(options: argparse.Namespace) -> tuple[int, int]:
+    client = aioredis.from_url(config.REDIS_URL)
+    try:
+        processes.report("ready")
+        first, count = 0, 0
+        while count < options.count:
+            read = await client.xreadgroup(
+                options.group, "raw", {options.tasks: ">"}, count=1, block=1_000
+            )
+            for _, entries in read:
+                for entry_id, fields in entries:
+                    task = json.loads(fields[b"task"])
+                    first = first or time.perf_counter_ns()
+                    result = json.dumps({"worker": "raw", "batchStart": task["batchStart"]})
+                    async with client.pipeline(transaction=True) as pipe:
+                        pipe.xadd(options.results, {"result": result}, maxlen=100_000)
+                        pipe.xack(options.tasks, options.group, entry_id)
+                        await pipe.execute()
+                    count += 1
+        return first, time.perf_counter_ns()
+    finally:
+        await client.aclose()
+
+
+async def raw_main(options: argparse.Namespace) -> None:
+    loop = {"zmq": raw_zmq, "amqp": raw_amqp, "streams": raw_streams}[options.transport]
+    first, last = await loop(options)
+    processes.report("result", tasks=options.count, seconds=(last - first) / 1e9)
+
+
+# ---- the rounds -------------------------------------------------------------------------
+
+
+async def one_worker(transport: str, alphabet: str, max_length: int, tasks: int) -> dict[str, Any]:
+    """Our worker on a real job, alone: its own tally (hashed, seconds first -> last task)."""
+    channels = unique(transport, "bench")
+    try:
+        async with processes.children() as started:
+            mine = ("--transport", transport)
+            collector = await processes.start(
+                "patterns.tasks", "collector", *mine, *channels.options()
+            )
+            started.append(collector)
+            if transport == "zmq":
+                channels = Channels(
+                    "tcp://127.0.0.1:0", collector.ready["results"], collector.ready["control"]
+                )
+                producer = await processes.start(
+                    "patterns.tasks",
+                    "producer",
+                    *mine,
+                    *channels.options(),
+                    *job_options(alphabet, max_length),
+                )
+                started.append(producer)
+                channels = Channels(producer.ready["endpoint"], channels.results, channels.control)
+            worker = await processes.start(
+                "patterns.tasks",
+                "worker",
+                *mine,
+                *channels.options(),
+                "--name",
+                "w1",
+                "--exit-after",
+                str(tasks),
+                "--prefetch",
+                PREFETCH,
+            )
+            started.append(worker)
+            if transport != "zmq":
+                started.append(
+                    await processes.start(
+                        "patterns.tasks",
+                        "producer",
+                        *mine,
+                        *channels.options(),
+                        *job_options(alphabet, max_length),
+                    )
+                )
+            return await worker.next_report("result")
+    finally:
+        await cleanup(transport, channels)
+
+
+async def plain_round(alphabet: str, max_length: int) -> dict[str, Any]:
+    async with processes.children() as started:
+        child = await processes.start(
+            __name__, "plain", "--alphabet", alphabet, "--max-length", str(max_length)
+        )
+        started.append(child)
+        return await child.next_report("result")
+
+
+async def job_seconds(transport: str, alphabet: str, max_length: int, workers: int) -> float:
+    channels = unique(transport, "bench")
+    try:
+        result = await crack(
+            transport,
+            channels,
+            search_hash=NOWHERE,
+            alphabet=alphabet,
+            max_length=max_length,
+            workers=workers,
+            worker_options=("--prefetch", PREFETCH),
+        )
+    finally:
+        await cleanup(transport, channels)
+    assert result["complete"] and result["ledger"]["lost"] == 0
+    return result["seconds"]
+
+
+async def empty_tasks(transport: str, channels: Channels, count: int) -> None:
+    """Queue `count` tasks with nothing to hash (amqp, streams)."""
+    bodies = [wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty")) for _ in range(count)]
+    if transport == "amqp":
+        connection = await aiormq.connect(config.AMQP_URL)
+        try:
+            channel = await connection.channel()
+            await amqp.declare(channel, channels)
+            for start in range(0, count, 500):
+                await asyncio.gather(
+                    *(
+                        channel.basic_publish(
+                            b, routing_key=channels.tasks, properties=amqp.persistent()
+                        )
+                        for b in bodies[start : start + 500]
+                    )
+                )
+        finally:
+            await connection.close()
+    else:
+        client = aioredis.from_url(config.REDIS_URL)
+        try:
+            await streams.ensure_group(client, channels.tasks, channels.group)
+            for start in range(0, count, 500):
+                async with client.pipeline(transaction=False) as pipe:
+                    for body in bodies[start : start + 500]:
+                        pipe.xadd(channels.tasks, {"task": body})
+                    await pipe.execute()
+        finally:
+            await client.aclose()
+
+
+async def overhead_round(transport: str, count: int, ours: bool) -> float:
+    """Tasks/s of our worker (or the raw loop) on `count` empty tasks."""
+    channels = unique(transport, "bench")
+    context = zmq.asyncio.Context()
+    try:
+        async with processes.children() as started:
+            if transport == "zmq":
+                tasks, sink, control = (context.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.PUB))
+                endpoints = [s.bind("tcp://127.0.0.1:0").addr for s in (tasks, sink, control)]
+                channels = Channels(*endpoints)
+            else:
+                await empty_tasks(transport, channels, count)
+            options = ("--transport", transport, *channels.options())
+            if ours:
+                child = await processes.start(
+                    "patterns.tasks",
+                    "worker",
+                    *options,
+                    "--name",
+                    "w1",
+                    "--exit-after",
+                    str(count),
+                    "--prefetch",
+                    PREFETCH,
+                )
+            else:
+                child = await processes.start(__name__, "raw", *options, "--count", str(count))
+            started.append(child)
+            if transport == "zmq":
+
+                async def drain() -> None:
+                    while True:
+                        await sink.recv()
+
+                draining = asyncio.create_task(drain())
+                body = wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty"))
+                for _ in range(count):
+                    await tasks.send(body)
+            result = await child.next_report("result")
+            if transport == "zmq":
+                draining.cancel()
+        return result["tasks"] / result["seconds"]
+    finally:
+        context.destroy(linger=0)
+        await cleanup(transport, channels)
+
+
+async def measure(transport: str, quick: bool) -> dict[str, Any]:
+    rounds = ROUNDS[quick]
+    alphabet = "abcdefghijklmnop" if quick else "abcdefghijklmnopqrst"  # 16 or 20 letters
+    max_length = 5
+    tasks = -(-search_space(len(alphabet), max_length) // 10_000)
+    hash_ratios, ours_rates, plain_rates, cpu_ratios = [], [], [], []
+    for _ in range(rounds):
+        worker = await one_worker(transport, alphabet, max_length, tasks)
+        reference = await plain_round(alphabet, max_length)
+        ours_rates.append(worker["hashed"] / worker["seconds"])
+        plain_rates.append(reference["hashed"] / reference["seconds"])
+        hash_ratios.append(ours_rates[-1] / plain_rates[-1])
+        # per CPU second: what the worker costs, whatever else the machine was doing
+        cpu_ratios.append(reference["cpu_seconds"] / worker["cpu_seconds"])
+    # the speedup needs a job long against its fixed costs (start, last stragglers)
+    speedup_alphabet = alphabet if quick else ALPHABET  # full: 12,356,630 candidates
+    speedups, one, two = [], [], []
+    for _ in range(rounds):
+        one.append(await job_seconds(transport, speedup_alphabet, max_length, 1))
+        two.append(await job_seconds(transport, speedup_alphabet, max_length, 2))
+        speedups.append(one[-1] / two[-1])
+    count = EMPTY_TASKS[transport] // (4 if quick else 1)
+    overhead_ratios, ours_tasks, raw_tasks = [], [], []
+    for _ in range(rounds):
+        ours_tasks.append(await overhead_round(transport, count, ours=True))
+        raw_tasks.append(await overhead_round(transport, count, ours=False))
+        overhead_ratios.append(ours_tasks[-1] / raw_tasks[-1])
+    median = statistics.median
+    result = {
+        "candidates": search_space(len(alphabet), max_length),
+        "worker_hashes_per_s": round(median(ours_rates)),
+        "plain_hashes_per_s": round(median(plain_rates)),
+        "hash_ratio": round(median(hash_ratios), 3),
+        "hash_ratio_per_cpu_s": round(median(cpu_ratios), 3),
+        "speedup_candidates": search_space(len(speedup_alphabet), max_length),
+        "job_s_1_worker": round(median(one), 3),
+        "job_s_2_workers": round(median(two), 3),
+        "speedup": round(median(speedups), 3),
+        "empty_tasks_per_s": round(median(ours_tasks)),
+        "raw_tasks_per_s": round(median(raw_tasks)),
+        "overhead_ratio": round(median(overhead_ratios), 3),
+    }
+    result["meets_targets"] = all(result[k] >= v for k, v in TARGETS.items())
+    return result
+
+
+async def run(quick: bool) -> dict:
+    results = {transport: await measure(transport, quick) for transport in TRANSPORTS}
+    return {
+        "rounds": ROUNDS[quick],
+        "targets": TARGETS,
+        **results,
+        "meets_targets": all(r["meets_targets"] for r in results.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the reference loops of the tasks benchmark")
+    parser.add_argument("loop", choices=("raw", "plain"))
+    parser.add_argument("--transport", choices=TRANSPORTS)
+    for name in ("tasks", "results", "control", "dead", "group"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--alphabet")
+    parser.add_argument("--max-length", type=int)
+    options = parser.parse_args()
+    if options.loop == "plain":
+        processes.report("ready")
+        processes.report("result", **plain(options.alphabet, options.max_length, 10_000))
+    else:
+        processes.run(raw_main(options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The hashsum cracker over AMQP: competing consumers on one durable queue.
+
+The producer publishes each task, persistent, to the durable queue `tasks_queue` through
+the default exchange, and waits for the broker's confirms; the workers consume it, each
+holding at most `--prefetch` unacknowledged tasks; a worker acks a task only after it
+processed it and the broker confirmed its result (on `results_queue`). The broker deals
+each task to one worker and takes it back from a worker that dies before acking: nothing
+is lost, and a task may be done twice (its first worker died after reporting it, before
+acking it), which is why the collector counts each task once.
+
+    python -m patterns.tasks collector --transport amqp
+    python -m patterns.tasks worker --transport amqp --name w1
+    python -m patterns.tasks producer --transport amqp --max-length 4 --word node
+
+Choices worth copying:
+
+* prefetch 10: a worker holds about ten tasks (tens of milliseconds of hashing). While it
+  hashes one, the results of the previous ones wait for their confirms (a persistent
+  message is confirmed once on disk) and the next ones are already there, so it is never
+  idle waiting for the broker, even when the broker shares its cores and answers late.
+  Prefetch 1 leaves it idle for a round trip per task; a large prefetch lets one worker
+  hoard what a worker joining later could have done, and a dying worker hands back more
+  (notebook 07 sweeps it).
+* Bounded retries without broker support: WIRE.md's queues are declared with default
+  arguments (the book's samples must declare the same), so they are classic queues, which
+  do not count deliveries. A worker that gets a *redelivered* task republishes it with an
+  `x-attempts` header one higher and acks the original; past `--max-attempts` the task goes
+  to the dead-letter queue (`tasks_queue.dead`) with the reason, instead of killing
+  workers forever. A task that cannot be decoded goes there at once: no retry can fix it.
+* The producer holds back while more than `--window` tasks wait in the queue, so a huge
+  job does not flood the broker; it reconnects and republishes what the broker had not
+  confirmed if the connection drops (at least once: the collector counts duplicates).
+* The control exchange (`tasks_control`, fanout) carries the collector's notice that the
+  word is found: workers skip the rest of that job, the producer stops publishing.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiormq
+import aiormq.abc
+from pamqp.commands import Basic
+
+from patterns import config, processes
+from patterns.tasks import wire
+from patterns.tasks.collect import collect
+from patterns.tasks.job import Channels, plan
+from patterns.tasks.work import Worker
+
+log = logging.getLogger("patterns.tasks.amqp")
+PERSISTENT = 2
+ATTEMPTS = "x-attempts"
+RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to reach the broker
+CHUNK = 100  # tasks published before their confirms are awaited together
+WINDOW_CHECK_S = 0.05  # how often a held-back producer looks at the queue's depth again
+CLEANUP_S = 1.0  # how long a session cut off from the broker may take to wind down
+BROKEN = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
+
+
+def persistent(**headers: Any) -> Basic.Properties:
+    return Basic.Properties(delivery_mode=PERSISTENT, headers=headers or None)
+
+
+async def declare(channel: aiormq.abc.AbstractChannel, channels: Channels) -> None:
+    """The book's queues (durable, default arguments), our dead letters and control exchange."""
+    for queue in (channels.tasks, channels.results, channels.dead):
+        await channel.queue_declare(queue, durable=True)
+    await channel.exchange_declare(channels.control, exchange_type="fanout")
+
+
+async def listen(
+    channel: aiormq.abc.AbstractChannel, exchange: str, on_notice: Callable[[bytes], None]
+) -> None:
+    """Receive the control exchange's notices on a private queue."""
+    declared = await channel.queue_declare(exclusive=True, auto_delete=True)
+    assert declared.queue is not None
+    await channel.queue_bind(declared.queue, exchange)
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        on_notice(message.body)
+
+    await channel.basic_consume(declared.queue, on_message, no_ack=True)
+
+
+async def connected(
+    url: str, session: Callable[[aiormq.abc.AbstractConnection], Awaitable[bool]]
+) -> None:
+    """Run `session` on a fresh connection until it returns True; reconnect when it breaks."""
+    failures = 0
+    while True:
+        try:
+            connection = await aiormq.connect(url)
+        except BROKEN as error:
+            wait = RECONNECT_S[min(failures, len(RECONNECT_S) - 1)]
+            failures += 1
+            log.warning("cannot reach %s (%s): again in %g s", config.redacted(url), error, wait)
+            await asyncio.sleep(wait)
+            continue
+        failures = 0
+        try:
+            if await until_closed(connection, session(connection)):
+                return
+        except BROKEN as error:
+            log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
+        finally:
+            with contextlib.suppress(*BROKEN, asyncio.CancelledError):
+                await connection.close()
+
+
+async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awaitable[Any]) -> Any:
+    """Await `awaitable`, or raise ConnectionError as soon as the connection closes."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait([task, connection.closing], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CLEANUP_S)  # its `finally`, but not forever
+    if not task.done() or task.cancelled():
+        raise ConnectionError("the connection closed")
+    return task.result()
+
+
+# ---- producer ---------------------------------------------------------------------------
+
+
+async def producer(options: argparse.Namespace) -> None:
+    job, tasks = plan(options.hash, options.max_length, options.alphabet, options.batch_size)
+    bodies = (wire.encode_task(task) for task in tasks)
+    chunk: list[bytes] = []  # published, not yet confirmed: published again after a reconnect
+    sent = 0
+    announced = False
+    cracked = asyncio.Event()
+    processes.report("ready", job=job.job, tasks=job.tasks)
+
+    def on_notice(data: bytes) -> None:
+        if wire.cracks(data, job.searchHash):
+            cracked.set()
+
+    async def session(connection: aiormq.abc.AbstractConnection) -> bool:
+        nonlocal sent, announced, chunk
+        channel = await connection.channel()  # publisher confirms are on
+        await declare(channel, options)
+        await listen(channel, options.control, on_notice)
+        if not announced:
+            await channel.basic_publish(
+                wire.encode(job), routing_key=options.results, properties=persistent()
+            )
+            announced = True
+        while not cracked.is_set():
+            chunk = chunk or list(itertools.islice(bodies, min(CHUNK, options.window)))
+            if not chunk:
+                break
+            depth = (await channel.queue_declare(options.tasks, passive=True)).message_count
+            if depth is not None and depth >= options.window:
+                await asyncio.sleep(WINDOW_CHECK_S)
+                continue
+            confirms = [
+                channel.basic_publish(body, routing_key=options.tasks, properties=persistent())
+                for body in chunk
+            ]
+            for confirm in await asyncio.gather(*confirms):
+                if not isinstance(confirm, Basic.Ack):
+                    raise ConnectionError(f"the broker refused a task: {confirm}")
+            sent, chunk = sent + len(chunk), []
+        if cracked.is_set():
+            log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
+        await channel.basic_publish(
+            wire.encode(wire.Sent(job.job, sent)),
+            routing_key=options.results,
+            properties=persistent(),
+        )
+        return True
+
+    await connected(config.AMQP_URL, session)
+    log.info("sent %d tasks of job %s", sent, job.job)
+    processes.report("result", job=job.job, sent=sent)
+
+
+# ---- worker -----------------------------------------------------------------------------
+
+
+def attempts_of(message: aiormq.abc.DeliveredMessage) -> int:
+    """Which delivery of this task this is: counted in a header, as classic queues do not."""
+    headers = message.header.properties.headers or {}
+    counted = headers.get(ATTEMPTS, 1)
+    counted = counted if isinstance(counted, int) else 1
+    return counted + 1 if message.redelivered else counted
+
+
+async def confirm_then_ack(
+    channel: aiormq.abc.AbstractChannel, tag: int, publishing: list[Awaitable[Any]]
+) -> None:
+    """Ack the task once the broker confirmed all it produced; if it refused, requeue it."""
+    try:
+        confirms = [await publish for publish in publishing]  # in order: Found, then done
+        if all(isinstance(confirm, Basic.Ack) for confirm in confirms):
+            await channel.basic_ack(tag)
+        else:
+            log.warning("the broker refused a result: the task goes back to the queue")
+            await channel.basic_nack(tag, requeue=True)
+    except BROKEN as error:  # unacked: the broker redelivers the task after the reconnect
+        log.warning("no confirm for a result (%s)", error or type(error).__name__)
+
+
+async def handle(
+    work: Worker,
+    channel: aiormq.abc.AbstractChannel,
+    message: aiormq.abc.DeliveredMessage,
+    options: argparse.Namespace,
+) -> asyncio.Task | None:
+    """Process one delivery; its ack waits, in a task of its own, for the confirms.
+
+    Persistent messages are confirmed once on disk, which takes milliseconds here: the
+    worker hashes its next task meanwhile (its prefetch lets the broker deliver it).
+    """
+    attempts = attempts_of(message)
+    tag = message.delivery_tag
+    assert tag is not None
+    if message.redelivered and attempts <= work.max_attempts:
+        # count this delivery in a copy, then drop the original
+        log.info("task redelivered (attempt %d): requeued with its count", attempts)
+        copy = persistent(**{ATTEMPTS: attempts})
+        await confirm_then_ack(
+            channel,
+            tag,
+            [channel.basic_publish(message.body, routing_key=options.tasks, properties=copy)],
+        )
+        return None
+    outcome = await work.process(message.body, attempts)
+    publishing = [
+        channel.basic_publish(frame, routing_key=options.results, properties=persistent())
+        for frame in outcome.results
+    ]
+    if outcome.dead is not None:
+        letter = persistent(
+            **{"x-reason": outcome.dead.reason, "x-worker": work.name, ATTEMPTS: attempts}
+        )
+        publishing.append(
+            channel.basic_publish(message.body, routing_key=options.dead, properties=letter)
+        )
+    return asyncio.create_task(confirm_then_ack(channel, tag, publishing))
+
+
+async def worker(options: argparse.Namespace) -> None:
+    work = Worker(options.name, options.max_attempts)
+    ready = False
+
+    async def session(connection: aiormq.abc.AbstractConnection) -> bool:
+        nonlocal ready
+        channel = await connection.channel()
+        await declare(channel, options)
+        await listen(channel, options.control, work.learn)
+        await channel.basic_qos(prefetch_count=options.prefetch)
+        deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+
+        async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
+            deliveries.put_nowait(message)
+
+        await channel.basic_consume(options.tasks, on_task)
+        if not ready:
+            processes.report("ready", name=options.name)
+            ready = True
+        log.info("%s consumes %s, prefetch %d", options.name, options.tasks, options.prefetch)
+        acking: set[asyncio.Task] = set()
+        while work.tally.tasks != options.exit_after:
+            if (task := await handle(work, channel, await deliveries.get(), options)) is not None:
+                acking.add(task)
+                task.add_done_callback(acking.discard)
+        await asyncio.gather(*acking)  # done: every finished task is acked before leaving
+        return True
+
+    await connected(config.AMQP_URL, session)
+    processes.report("result", name=options.name, **work.tally.as_dict())
+
+
+# ---- collector --------------------------------------------------------------------------
+
+
+async def results(
+    options: argparse.Namespace, publisher: list[aiormq.abc.AbstractChannel]
+) -> AsyncIterator[list[bytes]]:
+    """Batches of results, each acked (multiple) once the collector asks for the next.
+
+    The first batch is empty: it is yielded as soon as the collector consumes, so the
+    collector can say it is ready. After a reconnect, what was not acked comes again.
+    """
+    queue: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+    failures = 0
+    while True:
+        try:
+            connection = await aiormq.connect(config.AMQP_URL)
+        except BROKEN as error:
+            wait = RECONNECT_S[min(failures, len(RECONNECT_S) - 1)]
+            failures += 1
+            log.warning("cannot reach the broker (%s): again in %g s", error, wait)
+            await asyncio.sleep(wait)
+            continue
+        failures = 0
+        try:
+            channel = await connection.channel()
+            await declare(channel, options)
+            await channel.basic_qos(prefetch_count=1_000)
+
+            async def on_result(message: aiormq.abc.DeliveredMessage) -> None:
+                queue.put_nowait(message)
+
+            await channel.basic_consume(options.results, on_result)
+            publisher[:] = [channel]
+            yield []
+            while True:
+                batch = [await until_closed(connection, queue.get())]
+                while not queue.empty() and len(batch) < 1_000:
+                    batch.append(queue.get_nowait())
+                try:
+                    yield [message.body for message in batch]
+                finally:  # recorded (or the collector is done): ack them all at once
+                    with contextlib.suppress(*BROKEN):
+                        await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
+        except BROKEN as error:
+            log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
+            while not queue.empty():  # unacked: the broker redelivers them
+                queue.get_nowait()
+        finally:
+            with contextlib.suppress(*BROKEN, asyncio.CancelledError):
+                await connection.close()
+
+
+async def collector(options: argparse.Namespace) -> None:
+    publisher: list[aiormq.abc.AbstractChannel] = []
+    batches = results(options, publisher)
+    try:
+        await anext(batches)  # consuming
+        processes.report("ready", results=options.results)
+
+        async def broadcast(notice: wire.Cracked) -> None:
+            with contextlib.suppress(*BROKEN):
+                await publisher[0].basic_publish(wire.encode(notice), exchange=options.control)
+
+        result = await collect(
+            batches, broadcast, processes.report, options.idle_timeout, options.interval
+        )
+    finally:
+        await batches.aclose()
+    processes.report("result", **result)
+
+
+async def delete(channels: Channels) -> None:
+    """Delete a run's queues and control exchange (never the book's: only unique names)."""
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for queue in (channels.tasks, channels.results, channels.dead):
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(channels.control)
+    finally:
+        await connection.close()
+
+
+async def publish_raw(channels: Channels, bodies: list[bytes]) -> None:
+    """Put bodies on the task queue as they are: how a test or a notebook adds a poison task."""
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await declare(channel, channels)
+        for body in bodies:
+            await channel.basic_publish(body, routing_key=channels.tasks, properties=persistent())
+    finally:
+        await connection.close()
+
+
+async def dead_letters(channels: Channels) -> list[dict[str, Any]]:
+    """Take every message off the dead-letter queue: the task, why, who, after how many tries."""
+    connection = await aiormq.connect(config.AMQP_URL)
+    letters = []
+    try:
+        channel = await connection.channel()
+        while True:
+            message = await channel.basic_get(channels.dead, no_ack=True)
+            if not isinstance(message.delivery, Basic.GetOk):
+                return letters
+            headers = message.header.properties.headers or {}
+            letters.append(
+                {
+                    "task": message.body.decode(errors="replace"),
+                    "reason": headers.get("x-reason"),
+                    "worker": headers.get("x-worker"),
+                    "attempts": headers.get(ATTEMPTS),
+                }
+            )
+    finally:
+        await connection.close()

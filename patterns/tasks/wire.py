@@ -1,0 +1,215 @@
+"""What travels: tasks, results, and the reports that let a collector account for a job.
+
+A task is the book's JSON object, unchanged, so the book's Node.js producers feed our
+workers and ours feed theirs:
+
+    {"searchHash": "f8e9...9a3b", "alphabet": "ab...z", "batchStart": 1, "batchEnd": 10000}
+
+A found word is the book's text `Found: node`. Everything else is ours, JSON objects with
+a "type", on the same results channel (a book collector just prints them):
+
+* `job`: the producer announces a job (its id, how many tasks) before its first task;
+* `sent`: the producer says how many tasks it sent in the end (fewer if the job stopped early);
+* `done`: a worker finished a task (hashed it, or skipped it because the word was found);
+* `dead`: a worker set a task aside (a dead letter) and says why;
+* `cracked`: the collector's notice to workers and producer that a job's word is found.
+
+Our producer adds `"job": <id>` to each task; a worker echoes it in its reports, so a
+collector tells this job's reports from leftovers of another. Book tasks have no job id;
+decoding accepts both, and ignores fields it does not know.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from patterns.messages import MalformedMessage
+
+FOUND_PREFIX = "Found: "
+MAX_BATCH = 10_000_000  # candidates per task: a bigger one is refused, not hashed for hours
+HEX_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+class MalformedTask(MalformedMessage):
+    """Not a task; `str(error)` says why (it becomes the dead letter's reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    search_hash: str
+    alphabet: str
+    batch_start: int
+    batch_end: int
+    job: str | None = None
+
+    @property
+    def candidates(self) -> int:
+        return max(0, self.batch_end - self.batch_start + 1)
+
+
+def encode_task(task: Task) -> bytes:
+    fields: dict[str, Any] = {
+        "searchHash": task.search_hash,
+        "alphabet": task.alphabet,
+        "batchStart": task.batch_start,
+        "batchEnd": task.batch_end,
+    }
+    if task.job is not None:
+        fields["job"] = task.job
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _integer(fields: dict, name: str) -> int:
+    value = fields[name]
+    if type(value) is not int:  # bool is an int subclass: refuse it too
+        raise MalformedTask(f"{name} must be an integer, not {value!r}")
+    return value
+
+
+def decode_task(data: bytes | str) -> Task:
+    """The task in `data`, or `MalformedTask` naming the first problem found."""
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise MalformedTask(f"not JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise MalformedTask(f"a task is a JSON object, not {type(fields).__name__}")
+    for name in ("searchHash", "alphabet", "batchStart", "batchEnd"):
+        if name not in fields:
+            raise MalformedTask(f"missing field {name}")
+    search_hash, alphabet, job = fields["searchHash"], fields["alphabet"], fields.get("job")
+    if not isinstance(search_hash, str) or not HEX_SHA1.fullmatch(search_hash.lower()):
+        raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r}")
+    if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+        raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r}")
+    start, end = _integer(fields, "batchStart"), _integer(fields, "batchEnd")
+    if start < 1 or end < start - 1:  # end == start - 1 is an empty batch
+        raise MalformedTask(f"batch {start}..{end} is not a range of indexes from 1")
+    if end - start + 1 > MAX_BATCH:
+        raise MalformedTask(f"batch of {end - start + 1:,} candidates is over {MAX_BATCH:,}")
+    if job is not None and not isinstance(job, str):
+        raise MalformedTask(f"job must be a string, not {job!r}")
+    return Task(search_hash.lower(), alphabet, start, end, job)
+
+
+def found(word: str) -> bytes:
+    """The book's result text."""
+    return f"{FOUND_PREFIX}{word}".encode()
+
+
+def sha1_hex(word: str) -> str:
+    return hashlib.sha1(word.encode()).hexdigest()
+
+
+# ---- our reports ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A producer's announcement: the collector learns what to wait for."""
+
+    job: str
+    searchHash: str
+    alphabet: str
+    maxLength: int
+    batchSize: int
+    tasks: int
+    started: float  # time.time() at the producer: comparable across hosts, roughly
+    type: str = "job"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The producer's last word: how many tasks it sent (fewer if the job stopped early)."""
+
+    job: str
+    tasks: int
+    type: str = "sent"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A worker finished a task: `hashed` candidates, or skipped it (the word was found)."""
+
+    worker: str
+    job: str | None
+    searchHash: str
+    batchStart: int
+    batchEnd: int
+    hashed: int
+    found: str | None = None
+    skipped: bool = False
+    attempts: int = 1  # which delivery of the task this was: > 1 after a redelivery
+    type: str = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """A worker set a task aside: why, and after how many deliveries."""
+
+    worker: str
+    reason: str
+    attempts: int
+    job: str | None = None
+    searchHash: str | None = None
+    batchStart: int | None = None
+    type: str = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Cracked:
+    """The collector's notice: the word of this hash is found, skip what is left of it."""
+
+    searchHash: str
+    word: str
+    job: str | None = None
+    type: str = "cracked"
+
+
+Report = Job | Sent | Done | Dead | Cracked
+REPORTS: dict[str, type] = {
+    "job": Job,
+    "sent": Sent,
+    "done": Done,
+    "dead": Dead,
+    "cracked": Cracked,
+}
+
+
+def encode(report: Report) -> bytes:
+    fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+INTEGERS = {  # the fields of each report that a collector counts or computes with
+    "job": ("maxLength", "batchSize", "tasks"),
+    "sent": ("tasks",),
+    "done": ("batchStart", "batchEnd", "hashed", "attempts"),
+    "dead": ("attempts",),
+}
+
+
+def decode(data: bytes | str) -> Report | str:
+    """A report, or the word of a `Found: <word>` text; `MalformedMessage` for anything else."""
+    text = data.decode(errors="replace") if isinstance(data, bytes | bytearray) else data
+    if text.startswith(FOUND_PREFIX):
+        return text[len(FOUND_PREFIX) :]
+    try:
+        fields = json.loads(text)
+        kind = fields.pop("type")
+        if not all(type(fields.get(name, 0)) is int for name in INTEGERS.get(kind, ())):
+            raise TypeError("a count or an index that is not an integer")
+        return REPORTS[kind](**fields)
+    except (json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError):
+        raise MalformedMessage(f"not a result or report: {text[:60]!r}") from None
+
+
+def cracks(data: bytes, search_hash: str) -> bool:
+    """Is `data` a notice that the word of `search_hash` is found?"""
+    try:
+        notice = decode(data)
+    except MalformedMessage:
+        return False
+    return isinstance(notice, Cracked) and notice.searchHash == search_hash

@@ -1,0 +1,165 @@
+"""The hashsum cracker over a ZeroMQ pipeline: ventilator PUSH -> workers PULL/PUSH -> sink PULL.
+
+No broker: the producer (the ventilator) binds a PUSH socket and deals tasks round-robin
+to the workers connected to it; each worker pushes its reports to the collector (the
+sink), which binds a PULL socket. The collector also binds a PUB socket on which it
+announces a found word, so workers skip the rest of that job and the producer stops.
+
+    python -m patterns.tasks collector --transport zmq
+    python -m patterns.tasks worker --transport zmq          # one per core, any machine
+    python -m patterns.tasks producer --transport zmq --workers 2 --max-length 4 --word node
+
+How it fails, by design: PUSH hands a task to a worker's connection and forgets it. A
+worker killed mid-job takes every task queued to it (in its socket buffers, not only the
+one it was hashing) with it; nothing redelivers them, and only the sink's count shows the
+hole. And PUSH deals to whoever is connected *now*: the producer waits until `--workers`
+workers have completed their handshake (a socket monitor counts them) before the first
+task, or the first worker would get them all.
+"""
+
+import argparse
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from patterns import processes
+from patterns.tasks import wire
+from patterns.tasks.collect import collect
+from patterns.tasks.job import plan
+from patterns.tasks.work import Worker
+
+log = logging.getLogger("patterns.tasks.zmq")
+RESULTS_LINGER_MS = 5_000  # how long a closing socket may spend delivering what it queued
+
+
+def drain(socket: zmq.Socket, at_most: int = 1_000) -> list[bytes]:
+    """The messages ready on `socket` (up to `at_most`), without waiting.
+
+    Pass a synchronous socket (`zmq.Socket.shadow(s.underlying)` of an asyncio one): the
+    asyncio socket's recv returns a future even with NOBLOCK, and one await per message is
+    what makes a receiver slow.
+    """
+    frames: list[bytes] = []
+    with contextlib.suppress(zmq.Again):
+        while len(frames) < at_most:
+            frames.append(socket.recv(zmq.NOBLOCK))
+    return frames
+
+
+def shadow(socket: zmq.asyncio.Socket) -> zmq.Socket:
+    return zmq.Socket.shadow(socket.underlying)
+
+
+async def wait_for_workers(monitor: zmq.asyncio.Socket, count: int) -> None:
+    """Until `count` peers have completed their ZeroMQ handshake with the monitored socket."""
+    connected = 0
+    while connected < count:
+        event = parse_monitor_message(await monitor.recv_multipart())["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            connected += 1
+        elif event == zmq.EVENT_DISCONNECTED:
+            connected -= 1
+        log.info("%d of %d workers connected", connected, count)
+
+
+async def producer(options: argparse.Namespace) -> None:
+    job, tasks = plan(options.hash, options.max_length, options.alphabet, options.batch_size)
+    context = zmq.asyncio.Context()
+    try:
+        ventilator = context.socket(zmq.PUSH)
+        ventilator.linger = -1  # close() waits until every task is handed to a worker
+        monitor = ventilator.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        ventilator.bind(options.tasks)
+        to_sink = context.socket(zmq.PUSH)
+        to_sink.linger = RESULTS_LINGER_MS
+        to_sink.connect(options.results)
+        control = context.socket(zmq.SUB)
+        control.subscribe(b"")
+        control.connect(options.control)
+        endpoint = ventilator.getsockopt_string(zmq.LAST_ENDPOINT)
+        processes.report("ready", endpoint=endpoint, job=job.job, tasks=job.tasks)
+        await wait_for_workers(monitor, options.workers)
+        await to_sink.send(wire.encode(job))
+        sent = 0
+        for task in tasks:
+            if any(wire.cracks(notice, job.searchHash) for notice in drain(shadow(control))):
+                log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
+                break
+            await ventilator.send(wire.encode_task(task))  # waits while every worker is full
+            sent += 1
+        await to_sink.send(wire.encode(wire.Sent(job.job, sent)))
+        log.info("sent %d tasks of job %s", sent, job.job)
+        processes.report("result", job=job.job, sent=sent)
+        context.destroy(linger=None)  # each socket's own: every task reaches a worker
+    finally:
+        context.destroy(linger=0)  # stopped before the end: drop what was not handed over
+
+
+async def worker(options: argparse.Namespace) -> None:
+    work = Worker(options.name, options.max_attempts)
+    context = zmq.asyncio.Context()
+    try:
+        from_ventilator = context.socket(zmq.PULL)
+        from_ventilator.connect(options.tasks)
+        to_sink = context.socket(zmq.PUSH)
+        to_sink.linger = RESULTS_LINGER_MS
+        to_sink.connect(options.results)
+        control = context.socket(zmq.SUB)
+        control.subscribe(b"")
+        control.connect(options.control)
+        poller = zmq.asyncio.Poller()
+        poller.register(from_ventilator, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        tasks, notices = shadow(from_ventilator), shadow(control)
+        processes.report("ready", name=options.name)
+        log.info("%s takes tasks from %s", options.name, options.tasks)
+        while work.tally.tasks != options.exit_after:
+            for notice in drain(notices):
+                work.learn(notice)
+            # one task at a time: the rest wait in the socket, where a notice can still
+            # reach them before they are hashed; wait only when there is none
+            if not (task := drain(tasks, at_most=1)):
+                await poller.poll()
+                continue
+            outcome = await work.process(task[0])
+            for frame in outcome.results:
+                await to_sink.send(frame)
+        processes.report("result", name=options.name, **work.tally.as_dict())
+    finally:
+        context.destroy(linger=None)
+
+
+async def frames(sink: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
+    while True:
+        await sink.poll(flags=zmq.POLLIN)
+        yield drain(shadow(sink))
+
+
+async def collector(options: argparse.Namespace) -> None:
+    context = zmq.asyncio.Context()
+    try:
+        sink = context.socket(zmq.PULL)
+        sink.bind(options.results)
+        announcer = context.socket(zmq.PUB)
+        announcer.bind(options.control)
+        processes.report(
+            "ready",
+            results=sink.getsockopt_string(zmq.LAST_ENDPOINT),
+            control=announcer.getsockopt_string(zmq.LAST_ENDPOINT),
+        )
+
+        async def broadcast(notice: wire.Cracked) -> None:
+            await announcer.send(wire.encode(notice))
+
+        result = await collect(
+            frames(sink), broadcast, processes.report, options.idle_timeout, options.interval
+        )
+        processes.report("result", **result)
+    finally:
+        context.destroy(linger=0)

@@ -1,0 +1,23 @@
+"""The tasks benchmark runs and prints its comparisons (its numbers are checked by running
+it on a quiet machine, never here: a timed test on a shared machine is flaky)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_the_tasks_benchmark_prints_every_comparison_per_transport() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "patterns.bench", "tasks", "--json", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["benchmark"] == "tasks" and isinstance(result["meets_targets"], bool)
+    for transport in ("zmq", "amqp", "streams"):
+        measured = result[transport]
+        for key in ("hash_ratio", "hash_ratio_per_cpu_s", "speedup", "overhead_ratio"):
+            assert measured[key] > 0, (transport, key)
+        assert measured["worker_hashes_per_s"] > 0 and measured["raw_tasks_per_s"] > 0
