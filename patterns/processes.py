@@ -14,7 +14,9 @@ whose tail is in the error when it fails to start.
 Nothing outlives the notebook: each child leads its own process group, so stopping it
 stops anything it started; the children still running when the interpreter exits are
 stopped by an `atexit` hook; and if the parent dies without running it (a kernel killed
-by a restart), Linux's parent-death signal (PR_SET_PDEATHSIG) stops the child.
+by a restart), Linux's parent-death signal (PR_SET_PDEATHSIG) kills the child. That one is
+SIGKILL, not SIGTERM: a child busy on its event loop (hashing, say) would not get round to
+a SIGTERM, and a parent that is gone cannot wait for a graceful stop anyway.
 """
 
 import asyncio
@@ -290,7 +292,7 @@ def _launch(argv: list[str]) -> None:
     """Run `python -m argv[0] argv[1:]` as a child that dies with its parent."""
     if sys.platform == "linux":  # elsewhere only the atexit hook and stop() reap children
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != int(os.environ[PARENT_PID]):
             sys.exit("the parent exited before this child started")
     try:

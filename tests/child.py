@@ -17,6 +17,9 @@ async def main(behaviour: str) -> None:
     if behaviour == "with-grandchild":
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     processes.report("ready", pid=os.getpid(), grandchild=grandchild and grandchild.pid)
+    if behaviour == "busy":  # CPU-bound on the event loop: a SIGTERM handler never runs
+        while True:
+            pass
     for n in range(3):
         processes.report("stats", n=n)
     processes.report("result", total=3)

@@ -20,5 +20,6 @@ def reap():
     pids: list[int] = []
     yield pids
     for pid in pids:
+        assert pid > 0, f"refusing to kill pid {pid}: it would signal a whole process group"
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -79,8 +79,8 @@ PARENT = textwrap.dedent(
     import asyncio, os, sys
     from patterns import processes
     async def main():
-        child = await processes.start("tests.child", "with-grandchild")
-        print(child.pid, child.ready["grandchild"], flush=True)
+        child = await processes.start("tests.child", sys.argv[2])
+        print(child.pid, child.ready["grandchild"] or 0, flush=True)
         if sys.argv[1] == "die":
             os.kill(os.getpid(), 9)   # no atexit, no finally: only the death signal is left
     asyncio.run(main())
@@ -88,13 +88,15 @@ PARENT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["exit", "die"])
-async def test_children_do_not_outlive_their_parent(how: str, reap) -> None:
+@pytest.mark.parametrize(
+    ("how", "behaviour"), [("exit", "with-grandchild"), ("die", "with-grandchild"), ("die", "busy")]
+)
+async def test_children_do_not_outlive_their_parent(how: str, behaviour: str, reap) -> None:
     parent = subprocess.run(
-        [sys.executable, "-c", PARENT, how], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PARENT, how, behaviour], capture_output=True, text=True, timeout=60
     )
     child, grandchild = map(int, parent.stdout.split())
-    reap += [child, grandchild]
+    reap += [pid for pid in (child, grandchild) if pid]  # 0 would mean our own group
     for _ in range(100):
         if not alive(child):
             break
