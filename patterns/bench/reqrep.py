@@ -33,7 +33,7 @@ from pamqp.commands import Basic
 from patterns import config, processes
 from patterns.measure import LatencyRecorder
 from patterns.reqrep import TRANSPORTS, Requester, amqp, connect, pipe
-from patterns.reqrep.load import REPLIER
+from patterns.reqrep.load import REPLIER, forget
 from patterns.reqrep.pacing import timer_paced
 
 RATE = 200  # requests/s offered in the latency rounds
@@ -208,15 +208,6 @@ async def bench_transport(transport: str, rounds: int, count: int, seconds: floa
                 return result | {"meets_target": result["ratio"] >= TARGET_RATIO}
     finally:
         await forget(transport, address)
-
-
-async def forget(transport: str, address: str) -> None:
-    if transport.startswith("amqp"):
-        await amqp.delete_queue(address)
-    elif transport == "redis":
-        client = aioredis.from_url(config.REDIS_URL)
-        await client.delete(address)
-        await client.aclose()
 
 
 async def run(quick: bool) -> dict:

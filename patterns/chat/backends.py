@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 import zmq.asyncio
@@ -60,16 +60,12 @@ class Backend:
         return []
 
 
-class RedisPubSub(Backend):
-    name = "redis"
+class Relayed(Backend):
+    """A backend over a `patterns.pubsub` publisher and subscriber: it publishes through the
+    one and yields what the other delivers (subclasses connect both in `start`)."""
 
-    async def start(self, http_port: int) -> dict:
-        topic = self.topic or redis_pubsub.CHANNEL
-        self.publisher = redis_pubsub.Publisher(config.REDIS_URL, topic)
-        self.subscriber = await redis_pubsub.Subscriber(
-            config.REDIS_URL, topic, self.on_state
-        ).__aenter__()
-        return {"channel": topic}
+    publisher: Any
+    subscriber: Any
 
     async def stop(self) -> None:
         await self.subscriber.__aexit__(None, None, None)
@@ -82,7 +78,19 @@ class RedisPubSub(Backend):
         return self.subscriber.batches()
 
 
-class ZeroMQ(Backend):
+class RedisPubSub(Relayed):
+    name = "redis"
+
+    async def start(self, http_port: int) -> dict:
+        topic = self.topic or redis_pubsub.CHANNEL
+        self.publisher = redis_pubsub.Publisher(config.REDIS_URL, topic)
+        self.subscriber = await redis_pubsub.Subscriber(
+            config.REDIS_URL, topic, self.on_state
+        ).__aenter__()
+        return {"channel": topic}
+
+
+class ZeroMQ(Relayed):
     """Peer to peer: bind a PUB socket, connect a SUB socket to each peer's, and to our own
     (so this instance's clients hear their messages the way everyone else does).
 
@@ -129,14 +137,8 @@ class ZeroMQ(Backend):
         self.publisher.close()
         self.context.term()
 
-    async def publish(self, messages: Sequence[bytes]) -> None:
-        await self.publisher.publish(messages)
 
-    def batches(self) -> AsyncIterator[Sequence[bytes]]:
-        return self.subscriber.batches()
-
-
-class Amqp(Backend):
+class Amqp(Relayed):
     """A fanout exchange; this instance's exclusive queue `<exchange>_srv_<port>`; the
     history from the history service over HTTP (`python -m patterns.chat.history`)."""
 
@@ -161,14 +163,7 @@ class Amqp(Backend):
 
     async def stop(self) -> None:
         await self.http.close()
-        await self.subscriber.__aexit__(None, None, None)
-        await self.publisher.aclose()
-
-    async def publish(self, messages: Sequence[bytes]) -> None:
-        await self.publisher.publish(messages)
-
-    def batches(self) -> AsyncIterator[Sequence[bytes]]:
-        return self.subscriber.batches()
+        await super().stop()
 
     async def history(self, upto: str | None) -> list[bytes]:
         """The last HISTORY messages the history service has stored (none if it is down)."""
@@ -182,7 +177,7 @@ class Amqp(Backend):
         return [str(text).encode() for text in stored[-HISTORY:]]
 
 
-class RedisStreams(Backend):
+class RedisStreams(Relayed):
     """One stream for history and live delivery; the history ends where live delivery
     starts (the reader's cursor), so a joining client gets every message exactly once."""
 
@@ -201,16 +196,6 @@ class RedisStreams(Backend):
             config.REDIS_URL, stream, on_state=self.on_state
         ).__aenter__()
         return {"stream": stream, "maxlen": self.maxlen}
-
-    async def stop(self) -> None:
-        await self.subscriber.__aexit__(None, None, None)
-        await self.publisher.aclose()
-
-    async def publish(self, messages: Sequence[bytes]) -> None:
-        await self.publisher.publish(messages)
-
-    def batches(self) -> AsyncIterator[Sequence[bytes]]:
-        return self.subscriber.batches()
 
     def history_point(self) -> str | None:
         return self.subscriber.cursor

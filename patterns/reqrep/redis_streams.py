@@ -44,7 +44,7 @@ from patterns import config, processes
 from patterns.messages import MalformedMessage
 from patterns.reqrep import wire
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, ChannelClosed, Requester
-from patterns.reqrep.replier import GRACE_S, Answer, Handler, ReplierCounts, answer
+from patterns.reqrep.replier import GRACE_S, Answer, Handler, ReplierCounts, answer, enveloped
 
 log = logging.getLogger(__name__)
 
@@ -319,17 +319,7 @@ def reply_item(
     counts: ReplierCounts,
     ttl_ms: int,
 ) -> Reply:
-    data, problem = result
-    if problem is None:
-        try:
-            reply = wire.response(request_id, data)
-        except (TypeError, ValueError) as error:
-            problem = f"the reply is not JSON: {error}"
-        else:
-            counts.answered += 1
-            return entry_id, reply_to, reply, ttl_ms
-    counts.refused += 1
-    return entry_id, reply_to, wire.error(request_id, problem), ttl_ms
+    return entry_id, reply_to, enveloped(request_id, result, counts), ttl_ms
 
 
 def text(value: bytes | None) -> str | None:
