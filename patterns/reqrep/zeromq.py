@@ -14,8 +14,11 @@ correlation identifier, in the book's JSON envelope, one frame per message.
 ZeroMQ hides connections, and reconnects by itself; the requester watches them through a
 socket monitor, so when the replier goes away (its process dies, or it stops answering
 heartbeats) every pending request fails at once. Requests made while no replier is
-connected wait for one (`immediate`: nothing is queued for a peer that is not there),
-until their timeout.
+connected wait for one, until their timeout, and are not queued meanwhile: one that timed
+out before a replier came is never sent. The monitor keeps that gate, not the `immediate`
+option that would do the same: with it, ZeroMQ discards the replies that reached the
+socket but were not read yet when the connection closes, so a replier that answers what
+it holds and then stops would lose some of its answers on the way.
 """
 
 import asyncio
@@ -50,10 +53,12 @@ class ZmqRequester(Requester):
         self._loop = asyncio.get_running_loop()
         self._socket = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.linger = 0
-        self._socket.immediate = True
         self._socket.heartbeat_ivl = HEARTBEAT_MS
         self._socket.heartbeat_timeout = 3 * HEARTBEAT_MS
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self._connected = asyncio.Event()
         self._writable = asyncio.Event()
         self._loop.add_reader(self._socket.FD, self._on_events)
         self._loop.add_reader(self._monitor.FD, self._on_monitor)
@@ -67,9 +72,11 @@ class ZmqRequester(Requester):
     ) -> None:
         frame = wire.request(request_id, data)
         while True:
+            if not self._connected.is_set():  # no replier: wait for one, queue nothing
+                await self._wait_to_send(self._connected.wait(), future)
             try:
                 self._socket.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # no replier connected, or its queue is full: wait for room
+            except zmq.Again:  # the replier's queue is full: wait for room
                 self._writable.clear()
                 self._on_events()
                 if not self._writable.is_set():
@@ -105,7 +112,13 @@ class ZmqRequester(Requester):
                 event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected.set()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._connected.clear()
+                # replies sent before the replier left may wait in the socket unread (nothing
+                # orders its wake-up before the monitor's): settle them before failing the rest
+                self._on_events()
                 # ZeroMQ reconnects by itself: later requests may be answered again
                 self._fail_pending(f"the replier at {self.endpoint} disconnected")
 
