@@ -21,6 +21,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from IPython.display import Image, display
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 REFRESH_S = 0.5
 DPI = 80
@@ -89,6 +90,9 @@ class LivePlot(LiveFigure):
             self.latency_axes.set(
                 xlabel="seconds into the run", ylabel="latency, ms (log)", yscale="log"
             )
+            # decades as decimals (0.1, 1, 10), not 10⁻¹; minor ticks unlabelled
+            self.latency_axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            self.latency_axes.yaxis.set_minor_formatter(NullFormatter())
         self._data: dict[str, dict[str, list[float]]] = {}
         self._lines: dict[tuple[str, str], Any] = {}
 
