@@ -50,6 +50,15 @@ async def test_zmq_drops_for_a_slow_subscriber_at_the_high_water_mark(topic) -> 
     assert ledger["received"] + ledger["lost"] == 10_000
 
 
+async def test_zmq_publisher_that_outruns_its_subscriber_delivers_its_backlog_on_close(
+    topic,
+) -> None:
+    # published at full speed, read at 0.2 ms a message: the publisher closes with most of
+    # them still queued, below the high-water mark
+    result = await load.run("zmq", topic, 5_000, hwm=5_001, work_ms=0.2)
+    assert LedgerReport(**result["ledger"]).exactly_once_in_order, result["ledger"]
+
+
 async def test_redis_pubsub_loses_what_was_published_while_disconnected(topic) -> None:
     async with Proxy(config.REDIS_URL) as proxy:
         outage = Outage(proxy, after=1_000)

@@ -116,7 +116,8 @@ async def publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[
                 await pub.wait_for_subscribers(options.subscribers)
             yield pub.publish
         finally:
-            pub.close()
+            # a publisher that outruns its subscribers still has their messages queued
+            pub.close(linger_ms=10_000)
         return
     else:
         async with aiohttp.ClientSession() as session, session.ws_connect(topic) as ws:

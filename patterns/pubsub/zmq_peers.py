@@ -64,8 +64,10 @@ class Publisher:
         for payload in payloads:
             send(prefix + payload, zmq.NOBLOCK)  # dropped, not blocked, at a full HWM
 
-    def close(self) -> None:
-        self.socket.close()
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket. What is still queued for a subscriber is dropped, unless
+        `linger_ms` gives it that long to leave (the context's `term` waits for it)."""
+        self.socket.close(linger=linger_ms)
 
 
 class Subscriber:
