@@ -9,8 +9,9 @@ producer can cut it into batches of consecutive indexes without listing a single
 nanoseconds, so turning each index into a word from scratch (a few divisions) would
 cost as much again: instead it walks the batch in runs that share every letter but the
 last, hashes the shared prefix once and, for each last letter, copies that hash state
-and feeds it one letter. That makes it faster than a plain loop that hashes
-ready-made words one by one (`python -m patterns.bench tasks` measures both).
+and feeds it one letter. Per word that is as fast as a plain loop hashing ready-made
+words one by one, which does not have to make them (`python -m patterns.bench tasks`
+measures both).
 """
 
 import hashlib
@@ -63,39 +64,61 @@ def crack(search_digest: bytes, alphabet: str, start: int, end: int) -> str | No
         return None
     letters = [letter.encode() for letter in alphabet]
     base = len(letters)
-    digits = _digits(start, base)  # the current word; its last digit restarts at 0 each run
-    index = start
-    stem = None  # the hash state of all letters but the last two, kept while they stay
-    while index <= end:
-        # one run: the words that share all letters but the last, from digits[-1] up to the
-        # alphabet's end (or the batch's); their common prefix is hashed once for the run
-        if stem is None:
-            stem = hashlib.sha1(b"".join(letters[d] for d in digits[:-2]))
-        shared = stem.copy()
-        if len(digits) > 1:
-            shared.update(letters[digits[-2]])
-        copy = shared.copy
-        first = digits[-1]
-        last = min(base, first + end - index + 1)
-        for letter in letters[first:last]:
-            state = copy()
-            state.update(letter)
-            if state.digest() == search_digest:
-                return b"".join([*(letters[d] for d in digits[:-1]), letter]).decode()
-        index += last - first
-        digits[-1] = 0
-        # the next prefix, as an odometer turns: the common case only bumps the second-last
-        # letter; a carry changes the stem (zz -> aaa even adds a letter)
-        if len(digits) > 1 and digits[-2] < base - 1:
-            digits[-2] += 1
-            continue
-        stem = None
-        position = len(digits) - 2
-        while position >= 0 and digits[position] == base - 1:
-            digits[position] = 0
-            position -= 1
-        if position >= 0:
-            digits[position] += 1
-        else:
-            digits.insert(0, 0)
+    length, below = 1, 0  # the words shorter than `length` have the indexes 1..below
+    while below + base**length < start:
+        below += base**length
+        length += 1
+    while start <= end:  # one length at a time: a batch may hold words of two lengths
+        size = base**length
+        first, last = start - below - 1, min(end - below, size) - 1
+        word = _scan(search_digest, letters, length, first, last)
+        if word is not None:
+            return word
+        start, below, length = below + size + 1, below + size, length + 1
     return None
+
+
+def _scan(search_digest: bytes, letters: list[bytes], length: int, lo: int, hi: int) -> str | None:
+    """Hash the words of `length` letters numbered lo..hi (from 0, in alphabetical order).
+
+    A word is a stem (all letters but the last two), a second-last letter and a last one.
+    The stem is hashed once; each second-last letter once, on a copy of the stem's state;
+    each word costs one more copy and one letter. Only the first and the last run of last
+    letters can be partial; every run between them is the whole alphabet.
+    """
+    sha1 = hashlib.sha1
+    base = len(letters)
+    if length == 1:
+        for letter in letters[lo : hi + 1]:
+            if sha1(letter).digest() == search_digest:
+                return letter.decode()
+        return None
+    first, last = lo // base, hi // base  # the prefixes (all letters but the last) to visit
+    for stem_number in range(first // base, last // base + 1):
+        stem_letters = _spell(stem_number, length - 2, letters)
+        stem = sha1(stem_letters)
+        prefix = stem_number * base  # the prefix number of the stem's first second-last letter
+        for second in range(max(first - prefix, 0), min(last - prefix, base - 1) + 1):
+            shared = stem.copy()
+            shared.update(letters[second])
+            copy = shared.copy
+            run = letters
+            if prefix + second in (first, last):
+                offset = (prefix + second) * base
+                run = letters[max(lo - offset, 0) : min(hi - offset, base - 1) + 1]
+            for letter in run:
+                state = copy()
+                state.update(letter)
+                if state.digest() == search_digest:
+                    return (stem_letters + letters[second] + letter).decode()
+    return None
+
+
+def _spell(number: int, width: int, letters: list[bytes]) -> bytes:
+    """Word number `number` (from 0) among the words of exactly `width` letters."""
+    base = len(letters)
+    spelled = []
+    for _ in range(width):
+        number, digit = divmod(number, base)
+        spelled.append(letters[digit])
+    return b"".join(reversed(spelled))
