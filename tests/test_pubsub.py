@@ -41,9 +41,10 @@ async def test_zmq_slow_joiner_loses_the_first_messages_and_a_handshake_fixes_it
 
 
 async def test_zmq_drops_for_a_slow_subscriber_at_the_high_water_mark(topic) -> None:
-    # 1 kB messages, so the backlog outgrows the kernel's socket buffers too
+    # 10 kB messages: 100 MB a second outgrows the kernel's socket buffers (megabytes on
+    # loopback, which took all of 1 kB ones in some runs) as well as the high-water mark
     result = await load.run(
-        "zmq", topic, 10_000, rate=10_000, size=1_000, hwm=100, work_ms=0.5, idle=2
+        "zmq", topic, 10_000, rate=10_000, size=10_000, hwm=100, work_ms=0.5, idle=2
     )
     ledger = result["ledger"]
     assert ledger["lost"] > 0 and ledger["duplicated"] == ledger["out_of_order"] == 0
