@@ -66,6 +66,20 @@ async def wait_for_workers(monitor: zmq.asyncio.Socket, count: int) -> None:
         log.info("%d of %d workers connected", connected, count)
 
 
+def sink_and_control(
+    context: zmq.asyncio.Context, options: argparse.Namespace
+) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+    """The producer's and the workers' two connections to the collector: a PUSH for what
+    they report, a SUB for its notices (the word is found)."""
+    to_sink = context.socket(zmq.PUSH)
+    to_sink.linger = RESULTS_LINGER_MS
+    to_sink.connect(options.results)
+    control = context.socket(zmq.SUB)
+    control.subscribe(b"")
+    control.connect(options.control)
+    return to_sink, control
+
+
 async def producer(options: argparse.Namespace) -> None:
     job, tasks = plan(options.hash, options.max_length, options.alphabet, options.batch_size)
     context = zmq.asyncio.Context()
@@ -76,12 +90,7 @@ async def producer(options: argparse.Namespace) -> None:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         ventilator.bind(options.tasks)
-        to_sink = context.socket(zmq.PUSH)
-        to_sink.linger = RESULTS_LINGER_MS
-        to_sink.connect(options.results)
-        control = context.socket(zmq.SUB)
-        control.subscribe(b"")
-        control.connect(options.control)
+        to_sink, control = sink_and_control(context, options)
         endpoint = ventilator.getsockopt_string(zmq.LAST_ENDPOINT)
         processes.report("ready", endpoint=endpoint, job=job.job, tasks=job.tasks)
         await wait_for_workers(monitor, options.workers)
@@ -107,12 +116,7 @@ async def worker(options: argparse.Namespace) -> None:
     try:
         from_ventilator = context.socket(zmq.PULL)
         from_ventilator.connect(options.tasks)
-        to_sink = context.socket(zmq.PUSH)
-        to_sink.linger = RESULTS_LINGER_MS
-        to_sink.connect(options.results)
-        control = context.socket(zmq.SUB)
-        control.subscribe(b"")
-        control.connect(options.control)
+        to_sink, control = sink_and_control(context, options)
         poller = zmq.asyncio.Poller()
         poller.register(from_ventilator, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
