@@ -1,8 +1,20 @@
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
+
+
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m patterns.bench ARGS`, run to the end, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "patterns.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def alive(pid: int) -> bool:

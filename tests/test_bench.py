@@ -1,12 +1,6 @@
 import json
-import subprocess
-import sys
 
-
-def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "patterns.bench", *args], capture_output=True, text=True, timeout=600
-    )
+from tests.conftest import bench
 
 
 def test_help_lists_every_benchmark() -> None:

@@ -1,8 +1,10 @@
 """The chat server: instances of each backend talk to each other; bad frames are refused."""
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -104,42 +106,44 @@ async def test_a_streams_client_that_joins_late_gets_the_history_then_live(topic
                 assert len(late.received) == 6
 
 
-async def test_a_streams_instance_resumes_after_redis_comes_back(topic) -> None:
+@contextlib.asynccontextmanager
+async def redis_cut_off(
+    backend: str, channel: str
+) -> AsyncIterator[tuple[Proxy, processes.Child, ChatClient, ChatClient]]:
+    """Two instances of `backend` with a client each, the first reaching Redis through a
+    proxy: "before" reaches both clients, then the proxy is cut and the first instance
+    reports Redis lost. Yields the proxy, that instance, its client and the other's."""
     async with Proxy(config.REDIS_URL) as proxy, processes.children() as started:
-        (cut,) = await instances.start(
-            started, "streams", 1, topic[0], env={"REDIS_URL": proxy.url}
-        )
-        (direct,) = await instances.start(started, "streams", 1, topic[0])
+        (cut,) = await instances.start(started, backend, 1, channel, env={"REDIS_URL": proxy.url})
+        (direct,) = await instances.start(started, backend, 1, channel)
         async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
             await here.send("before")
             await away.wait_for(1)
             await proxy.cut()
             assert (await cut.next_report("state", timeout=10))["state"] == "lost"
-            for n in range(3):
-                await here.send(f"during {n}")
-            await here.wait_for(4)
-            await proxy.resume()
-            await here.send("after")
-            expected = ["before", "during 0", "during 1", "during 2", "after"]
-            assert await away.wait_for(5, timeout=20) == expected
+            yield proxy, cut, away, here
+
+
+async def test_a_streams_instance_resumes_after_redis_comes_back(topic) -> None:
+    async with redis_cut_off("streams", topic[0]) as (proxy, _, away, here):
+        for n in range(3):
+            await here.send(f"during {n}")
+        await here.wait_for(4)
+        await proxy.resume()
+        await here.send("after")
+        expected = ["before", "during 0", "during 1", "during 2", "after"]
+        assert await away.wait_for(5, timeout=20) == expected
 
 
 async def test_a_redis_instance_reconnects_and_misses_what_was_published_meanwhile(topic) -> None:
-    async with Proxy(config.REDIS_URL) as proxy, processes.children() as started:
-        (cut,) = await instances.start(started, "redis", 1, topic[0], env={"REDIS_URL": proxy.url})
-        (direct,) = await instances.start(started, "redis", 1, topic[0])
-        async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
-            await here.send("before")
-            await away.wait_for(1)
-            await proxy.cut()
-            assert (await cut.next_report("state", timeout=10))["state"] == "lost"
-            await here.send("during")
-            await here.wait_for(2)
-            await proxy.resume()
-            while (await cut.next_report("state", timeout=20))["state"] != "reconnected":
-                pass
-            await here.send("after")
-            assert await away.wait_for(2, timeout=10) == ["before", "after"]
+    async with redis_cut_off("redis", topic[0]) as (proxy, cut, away, here):
+        await here.send("during")
+        await here.wait_for(2)
+        await proxy.resume()
+        while (await cut.next_report("state", timeout=20))["state"] != "reconnected":
+            pass
+        await here.send("after")
+        assert await away.wait_for(2, timeout=10) == ["before", "after"]
 
 
 async def test_amqp_history_service_keeps_what_was_published_while_it_was_stopped(

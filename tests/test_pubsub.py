@@ -61,21 +61,28 @@ async def test_zmq_publisher_that_outruns_its_subscriber_delivers_its_backlog_on
 
 
 async def test_redis_pubsub_loses_what_was_published_while_disconnected(topic) -> None:
+    outage, result = await through_an_outage("redis", topic)
+    assert outage.states[:2] == ["lost", "retrying"] or outage.states[0] == "lost"
+    assert "reconnected" in outage.states
+    lost = result["ledger"]["lost_seqs"].get("0", [])
+    assert lost and lost == list(range(lost[0], lost[0] + len(lost)))  # one gap, exactly
+    assert result["ledger"]["duplicated"] == 0
+
+
+async def through_an_outage(transport: str, topic: str) -> tuple["Outage", dict]:
+    """3,000 messages at 1,000/s to a subscriber whose Redis connection is cut once, through
+    a proxy, for half a second after the first 1,000."""
     async with Proxy(config.REDIS_URL) as proxy:
         outage = Outage(proxy, after=1_000)
         result = await load.run(
-            "redis",
+            transport,
             topic,
             3_000,
             rate=1_000,
             subscriber_env={"REDIS_URL": proxy.url},
             on_report=outage,
         )
-    assert outage.states[:2] == ["lost", "retrying"] or outage.states[0] == "lost"
-    assert "reconnected" in outage.states
-    lost = result["ledger"]["lost_seqs"].get("0", [])
-    assert lost and lost == list(range(lost[0], lost[0] + len(lost)))  # one gap, exactly
-    assert result["ledger"]["duplicated"] == 0
+    return outage, result
 
 
 class Outage:
@@ -128,16 +135,7 @@ async def test_a_private_redis_is_gone_afterwards() -> None:
 
 
 async def test_streams_subscriber_resumes_without_loss_or_duplicates(topic) -> None:
-    async with Proxy(config.REDIS_URL) as proxy:
-        outage = Outage(proxy, after=1_000)
-        result = await load.run(
-            "streams",
-            topic,
-            3_000,
-            rate=1_000,
-            subscriber_env={"REDIS_URL": proxy.url},
-            on_report=outage,
-        )
+    outage, result = await through_an_outage("streams", topic)
     assert "reconnected" in outage.states
     assert LedgerReport(**result["ledger"]).exactly_once_in_order
 

@@ -26,6 +26,7 @@ from patterns.reqrep import (
     zeromq,
 )
 from patterns.reqrep.pacing import timer_paced
+from tests.conftest import bench
 from tests.reqrep_support import eventually, serving, start_replier
 
 # ---- the wire format and the handler ----------------------------------------------------
@@ -362,12 +363,7 @@ async def test_an_open_loop_run_reports_steps_and_leaves_nothing_pending() -> No
 
 def test_the_benchmark_reports_every_transport_against_the_raw_client() -> None:
     # the numbers are checked by running the benchmark, not here: a timed test is flaky
-    run = subprocess.run(
-        [sys.executable, "-m", "patterns.bench", "reqrep", "--json", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = bench("reqrep", "--json", "--quick")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert set(result["transports"]) == set(TRANSPORTS)

@@ -2,17 +2,12 @@
 it on a quiet machine, never here: a timed test on a shared machine is flaky)."""
 
 import json
-import subprocess
-import sys
+
+from tests.conftest import bench
 
 
 def test_the_tasks_benchmark_prints_every_comparison_per_transport() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "patterns.bench", "tasks", "--json", "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    run = bench("tasks", "--json", "--quick", timeout=280)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout)
     assert result["benchmark"] == "tasks" and isinstance(result["meets_targets"], bool)
