@@ -218,3 +218,39 @@ async def test_a_restarted_streams_worker_first_finishes_its_own_pending_task(re
         assert (await streams.pending(channels))["pending"] == 0
     finally:
         await run.cleanup("streams", channels)
+
+
+async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() -> None:
+    channels = unique("amqp", "test")
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await amqp.declare(channel, channels)
+        bodies = [f"task {n}".encode() for n in range(6)]
+        await amqp.publish_raw(channels, bodies)
+        await channel.basic_qos(prefetch_count=10)
+        delivered: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+        consuming = await channel.basic_consume(channels.tasks, delivered.put)
+        messages = [await delivered.get() for _ in bodies]
+        acks = amqp.Acks(channel, every=3)
+        tags = [m.delivery_tag for m in messages]
+        for tag in tags:
+            acks.take(tag)
+        await acks.settle(tags[0], True)
+        await acks.settle(tags[2], True)
+        await acks.settle(tags[1], False)  # three settled: 0 and 2 acked, 1 requeued
+        assert acks.taken[0] == tags[3] and not acks.settled
+        await acks.settle(tags[4], True)
+        await acks.settle(tags[5], True)  # waits for 3: nothing goes out yet
+        assert list(acks.taken) == tags[3:] and len(acks.settled) == 2
+        acks.idle = True
+        await acks.settle(tags[3], True)  # idle: everything settled goes, in one frame
+        assert not acks.taken and not acks.settled
+        again = await delivered.get()  # only the requeued one comes back
+        assert (again.body, again.redelivered) == (bodies[1], True)
+        await channel.basic_cancel(consuming.consumer_tag)
+        assert not channel.is_closed  # no ack ever named a tag twice
+        assert (await channel.queue_declare(channels.tasks, passive=True)).message_count == 0
+    finally:
+        await connection.close()
+        await run.cleanup("amqp", channels)

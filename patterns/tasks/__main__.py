@@ -53,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
     )
     work = parser.add_argument_group("worker")
     work.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
-    work.add_argument("--prefetch", type=int, default=10, help="amqp: unacked tasks held")
+    work.add_argument(
+        "--prefetch", type=int, default=10, help="amqp: unacked tasks held; streams: read at once"
+    )
     work.add_argument(
         "--claim-idle", type=float, default=10.0, help="streams: reclaim tasks idle this many s"
     )

@@ -19,7 +19,8 @@ What the group does not do by itself, each worker does:
   from id 0): a restarted worker finishes what it had taken;
 * every so often it reclaims entries another consumer left pending for longer than
   `--claim-idle` seconds (XAUTOCLAIM): a dead worker's tasks are taken over. The idle
-  time must be longer than a task takes, or a slow worker's task is done twice;
+  time must be longer than one read's tasks take (a worker reads up to `--prefetch`
+  entries at once), or a slow worker's task is done twice;
 * delivery counts (XPENDING) bound retries: an entry delivered more than `--max-attempts`
   times, or one that is not a task, goes to the dead-letter stream (`tasks_stream.dead`)
   with the reason, and is acked.
@@ -270,9 +271,12 @@ async def reclaim(redis: aioredis.Redis, options: argparse.Namespace) -> list[En
 async def new_entries(
     redis: aioredis.Redis, options: argparse.Namespace, block_ms: int
 ) -> list[Entry]:
-    """The next new entry for this consumer, waiting for one at most `block_ms`."""
+    """Up to `--prefetch` new entries for this consumer, waiting at most `block_ms` for one.
+
+    One read per few tasks: the worker does not wait a round trip to Redis before each.
+    """
     read = await redis.xreadgroup(
-        options.group, options.name, {options.tasks: ">"}, count=1, block=block_ms
+        options.group, options.name, {options.tasks: ">"}, count=options.prefetch, block=block_ms
     )
     return [(entry_id, fields, 1) for _, entries in read for entry_id, fields in entries]
 
@@ -304,7 +308,7 @@ async def worker(options: argparse.Namespace) -> None:
                 for entry_id, fields, attempts in entries:
                     if committed is not None:
                         # one commit in flight at most: they land in order, and a worker
-                        # that dies leaves no more than two entries pending
+                        # that dies leaves no more than one read's entries pending
                         await committed
                     committed = await finish(work, redis, options, entry_id, fields, attempts)
             except BROKEN as error:
