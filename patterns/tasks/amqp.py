@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -60,6 +61,7 @@ RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to reach the b
 CHUNK = 100  # tasks published before their confirms are awaited together
 WINDOW_CHECK_S = 0.05  # how often a held-back producer looks at the queue's depth again
 CLEANUP_S = 1.0  # how long a session cut off from the broker may take to wind down
+ACK_EVERY_S = 0.1  # the collector acks what it recorded at most this often
 BROKEN = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
 
 
@@ -336,12 +338,15 @@ async def worker(options: argparse.Namespace) -> None:
 async def results(
     options: argparse.Namespace, publisher: list[aiormq.abc.AbstractChannel]
 ) -> AsyncIterator[list[bytes]]:
-    """Batches of results, each acked (multiple) once the collector asks for the next.
+    """Batches of results, acked (multiple) once recorded, at most every `ACK_EVERY_S`.
 
     The first batch is empty: it is yielded as soon as the collector consumes, so the
-    collector can say it is ready. After a reconnect, what was not acked comes again.
+    collector can say it is ready. Results trickle in one per task, so acking each batch
+    would be a frame per result; the collector acks what it recorded in one frame every
+    so often instead, and all of it when it is done. After a reconnect, what was not
+    acked comes again (the collector counts each task once).
     """
-    queue: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+    queue: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
     failures = 0
     while True:
         try:
@@ -353,7 +358,14 @@ async def results(
             await asyncio.sleep(wait)
             continue
         failures = 0
+
+        def closed(_: object, mine: aiormq.abc.AbstractConnection = connection) -> None:
+            """Wake the reader below, unless an earlier connection is closing late."""
+            if mine is connection:  # noqa: B023 (bound late on purpose: the current one)
+                queue.put_nowait(None)
+
         try:
+            connection.closing.add_done_callback(closed)
             channel = await connection.channel()
             await declare(channel, options)
             await channel.basic_qos(prefetch_count=1_000)
@@ -364,15 +376,23 @@ async def results(
             await channel.basic_consume(options.results, on_result)
             publisher[:] = [channel]
             yield []
+            acked_at = time.monotonic()
             while True:
-                batch = [await until_closed(connection, queue.get())]
+                batch = [await queue.get()]
                 while not queue.empty() and len(batch) < 1_000:
                     batch.append(queue.get_nowait())
+                if None in batch:
+                    raise ConnectionError("the connection closed")
+                last = batch[-1].delivery_tag or 0
                 try:
                     yield [message.body for message in batch]
-                finally:  # recorded (or the collector is done): ack them all at once
+                except GeneratorExit:  # the collector is done: ack all it recorded
                     with contextlib.suppress(*BROKEN):
-                        await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
+                        await channel.basic_ack(last, multiple=True)
+                    raise
+                if time.monotonic() - acked_at >= ACK_EVERY_S:  # recorded: ack them all
+                    await channel.basic_ack(last, multiple=True)
+                    acked_at = time.monotonic()
         except BROKEN as error:
             log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
             while not queue.empty():  # unacked: the broker redelivers them
