@@ -37,6 +37,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -188,15 +189,20 @@ async def deliveries(
     return {entry["message_id"]: entry["times_delivered"] for entry in found}
 
 
+@dataclass
+class Finished:
+    """An entry processed, not yet committed."""
+
+    entry_id: bytes
+    data: bytes
+    outcome: Outcome
+    attempts: int
+
+
 async def finish(
-    work: Worker,
-    redis: aioredis.Redis,
-    options: argparse.Namespace,
-    entry_id: bytes,
-    fields: dict | None,
-    attempts: int,
-) -> asyncio.Task:
-    """Process one entry, then commit it in a task of its own: the worker goes on meanwhile."""
+    work: Worker, entry_id: bytes, fields: dict[bytes, bytes] | None, attempts: int
+) -> Finished:
+    """Process one entry: what to publish for it (committed later, with others)."""
     data = b"" if fields is None else fields.get(b"task", b"")
     if fields is None:  # trimmed away while pending: nothing left to do but ack it
         log.warning("pending entry %s was trimmed from the stream: acked", entry_id)
@@ -206,36 +212,31 @@ async def finish(
         outcome = work.set_aside(f"no field 'task' in the entry, only: {names}", attempts)
     else:
         outcome = await work.process(data, attempts)
-    return asyncio.create_task(commit(redis, options, work.name, entry_id, data, outcome, attempts))
+    return Finished(entry_id, data, outcome, attempts)
 
 
 async def commit(
-    redis: aioredis.Redis,
-    options: argparse.Namespace,
-    worker: str,
-    entry_id: bytes,
-    data: bytes,
-    outcome: Outcome,
-    attempts: int,
+    redis: aioredis.Redis, options: argparse.Namespace, worker: str, done: list[Finished]
 ) -> None:
-    """Publish what an entry produced and ack it in one MULTI/EXEC: together or not at all."""
+    """Publish what entries produced and ack them in one MULTI/EXEC: together or not at all."""
     try:
         async with redis.pipeline(transaction=True) as pipe:
-            for frame in outcome.results:
-                pipe.xadd(options.results, {"result": frame}, maxlen=MAXLEN["results"])
-            if outcome.dead is not None:
-                letter = {
-                    "task": data,
-                    "reason": outcome.dead.reason,
-                    "worker": worker,
-                    "attempts": attempts,
-                    "id": entry_id,
-                }
-                pipe.xadd(options.dead, letter, maxlen=MAXLEN["dead"])
-            pipe.xack(options.tasks, options.group, entry_id)
+            for entry in done:
+                for frame in entry.outcome.results:
+                    pipe.xadd(options.results, {"result": frame}, maxlen=MAXLEN["results"])
+                if entry.outcome.dead is not None:
+                    letter = {
+                        "task": entry.data,
+                        "reason": entry.outcome.dead.reason,
+                        "worker": worker,
+                        "attempts": entry.attempts,
+                        "id": entry.entry_id,
+                    }
+                    pipe.xadd(options.dead, letter, maxlen=MAXLEN["dead"])
+            pipe.xack(options.tasks, options.group, *(entry.entry_id for entry in done))
             await pipe.execute()
     except BROKEN as error:  # still pending: done again after a reconnect or a reclaim
-        log.warning("could not commit entry %s (%s): it stays pending", entry_id, error)
+        log.warning("could not commit %d entries (%s): they stay pending", len(done), error)
 
 
 Entry = tuple[bytes, dict[bytes, bytes] | None, int]  # id, fields, which delivery it is
@@ -269,14 +270,14 @@ async def reclaim(redis: aioredis.Redis, options: argparse.Namespace) -> list[En
 
 
 async def new_entries(
-    redis: aioredis.Redis, options: argparse.Namespace, block_ms: int
+    redis: aioredis.Redis, options: argparse.Namespace, block_ms: int, count: int
 ) -> list[Entry]:
-    """Up to `--prefetch` new entries for this consumer, waiting at most `block_ms` for one.
+    """Up to `count` new entries for this consumer, waiting at most `block_ms` for one.
 
     One read per few tasks: the worker does not wait a round trip to Redis before each.
     """
     read = await redis.xreadgroup(
-        options.group, options.name, {options.tasks: ">"}, count=options.prefetch, block=block_ms
+        options.group, options.name, {options.tasks: ">"}, count=count, block=block_ms
     )
     return [(entry_id, fields, 1) for _, entries in read for entry_id, fields in entries]
 
@@ -294,7 +295,13 @@ async def worker(options: argparse.Namespace) -> None:
         log.info("%s reads %s as a member of %s", options.name, options.tasks, options.group)
         own_first = True  # at start, and after a lost connection
         next_claim = time.monotonic() + options.claim_idle / 2
-        committed: asyncio.Task | None = None  # the last entry's commit
+        committed: asyncio.Task | None = None  # the last commit
+
+        def wanted() -> int:  # up to --prefetch entries, never more than --exit-after needs
+            if options.exit_after is None:
+                return options.prefetch
+            return min(options.prefetch, options.exit_after - work.tally.tasks)
+
         while work.tally.tasks != options.exit_after:
             try:
                 if own_first:
@@ -304,13 +311,20 @@ async def worker(options: argparse.Namespace) -> None:
                     next_claim = time.monotonic() + options.claim_idle / 2
                     entries = await reclaim(redis, options)
                 else:
-                    entries = await new_entries(redis, options, block_ms)
-                for entry_id, fields, attempts in entries:
-                    if committed is not None:
-                        # one commit in flight at most: they land in order, and a worker
-                        # that dies leaves no more than one read's entries pending
-                        await committed
-                    committed = await finish(work, redis, options, entry_id, fields, attempts)
+                    entries = await new_entries(redis, options, block_ms, wanted())
+                done: list[Finished] = []
+                for number, (entry_id, fields, attempts) in enumerate(entries, 1):
+                    done.append(await finish(work, entry_id, fields, attempts))
+                    last = number == len(entries) or work.tally.tasks == options.exit_after
+                    if last or done[-1].outcome.found:  # a found word goes out at once
+                        if committed is not None:
+                            # one commit in flight at most: they land in order, and a
+                            # worker that dies leaves no more than one read's entries pending
+                            await committed
+                        committed = asyncio.create_task(commit(redis, options, work.name, done))
+                        done = []
+                    if last:
+                        break
             except BROKEN as error:
                 log.warning("Redis unreachable (%s): reconnecting", error)
                 own_first = True

@@ -33,6 +33,7 @@ class Outcome:
 
     results: list[bytes]
     dead: wire.Dead | None = None
+    found: str | None = None  # the word, if this task holds it
 
 
 @dataclass
@@ -152,4 +153,4 @@ class Worker:
         self.tally.hashed += hashed
         self.tally.skipped += skipped
         self.tally.last_ns = time.perf_counter_ns()
-        return Outcome(results)
+        return Outcome(results, found=word)
