@@ -15,7 +15,9 @@ the median of the per-round ratios:
   to five letters (12,356,630 candidates). Target on 2 cores: >= 1.7.
 * overhead: one worker's tasks/s on empty tasks (nothing to hash: all messaging), against
   a raw loop with the same client doing the same messaging (take the task, decode it,
-  publish a result, ack). Target: ratio >= 0.9.
+  publish a result, ack), batched as the worker batches it (AMQP: prefetch 10 and one
+  ack frame per 5 tasks; Streams: 10 entries per read, one MULTI/EXEC per read), so the
+  ratio is the cost of our code, not of a different protocol use. Target: ratio >= 0.9.
 
 The raw loop and the plain loop are this module's children: `python -m
 patterns.bench.tasks raw|plain ...`.
@@ -42,7 +44,7 @@ from patterns.tasks.space import ALPHABET, batches, search_space, word_at
 
 NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
 TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
-PREFETCH = "10"  # the worker's default
+PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entries per read)
 ROUNDS = {True: 2, False: 5}  # --quick is the test suite's smoke run: its numbers mean little
 EMPTY_TASKS = {"zmq": 20_000, "amqp": 2_000, "streams": 3_000}  # about a second each
 
@@ -96,7 +98,8 @@ async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=int(PREFETCH))
         done = asyncio.Event()
-        stamps = [0, 0, 0]  # first, last, count
+        stamps = [0, 0, 0, 0]  # first, last, count, highest tag acked
+        every = int(PREFETCH) // 2  # as the worker: one ack frame per half a prefetch
 
         async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
             task = json.loads(message.body)
@@ -105,8 +108,11 @@ async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
             await channel.basic_publish(
                 result, routing_key=options.results, properties=amqp.persistent()
             )
-            await channel.basic_ack(message.delivery_tag or 0)
-            stamps[2] += 1
+            stamps[2] += 1  # confirms come in order: every task up to this tag is settled
+            tag = message.delivery_tag or 0
+            if (stamps[2] % every == 0 or stamps[2] == options.count) and tag > stamps[3]:
+                stamps[3] = tag
+                await channel.basic_ack(tag, multiple=True)
             if stamps[2] == options.count:
                 stamps[1] = time.perf_counter_ns()
                 done.set()
@@ -125,19 +131,19 @@ async def raw_streams(options: argparse.Namespace) -> tuple[int, int]:
         processes.report("ready")
         first, count = 0, 0
         while count < options.count:
-            read = await client.xreadgroup(
-                options.group, "raw", {options.tasks: ">"}, count=1, block=1_000
+            read = await client.xreadgroup(  # as the worker: a read's entries, one commit
+                options.group, "raw", {options.tasks: ">"}, count=int(PREFETCH), block=1_000
             )
             for _, entries in read:
-                for entry_id, fields in entries:
-                    task = json.loads(fields[b"task"])
-                    first = first or time.perf_counter_ns()
-                    result = json.dumps({"worker": "raw", "batchStart": task["batchStart"]})
-                    async with client.pipeline(transaction=True) as pipe:
+                async with client.pipeline(transaction=True) as pipe:
+                    for _, fields in entries:
+                        task = json.loads(fields[b"task"])
+                        first = first or time.perf_counter_ns()
+                        result = json.dumps({"worker": "raw", "batchStart": task["batchStart"]})
                         pipe.xadd(options.results, {"result": result}, maxlen=100_000)
-                        pipe.xack(options.tasks, options.group, entry_id)
-                        await pipe.execute()
-                    count += 1
+                    pipe.xack(options.tasks, options.group, *(entry_id for entry_id, _ in entries))
+                    await pipe.execute()
+                count += len(entries)
         return first, time.perf_counter_ns()
     finally:
         await client.aclose()
