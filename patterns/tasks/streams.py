@@ -6,8 +6,9 @@ them; an entry stays *pending* (in the group's pending-entries list, with its co
 idle time and delivery count) until that worker acks it. A worker publishes its result to
 `results_stream` (field `result`) and acks the task in one MULTI/EXEC transaction: either
 both happen or neither, so a worker that dies leaves its task pending, never half done.
-That commit runs in a task of its own while the worker reads and hashes its next entry,
-so the round trip to Redis does not stand between two tasks.
+It reads up to `--prefetch` entries at once and commits a read's entries together (a
+found word at once), in a task of its own while it hashes the next read: the round
+trips to Redis do not stand between two tasks.
 
     python -m patterns.tasks collector --transport streams
     python -m patterns.tasks worker --transport streams --name w1   # a stable name per worker
