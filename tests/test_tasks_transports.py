@@ -244,7 +244,7 @@ async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() ->
         await acks.settle(tags[5], True)  # waits for 3: nothing goes out yet
         assert list(acks.taken) == tags[3:] and len(acks.settled) == 2
         acks.idle = True
-        await acks.settle(tags[3], True)  # idle: everything settled goes, in one frame
+        await acks.settle(tags[3], True)  # idle: everything settled goes out now
         assert not acks.taken and not acks.settled
         again = await delivered.get()  # only the requeued one comes back
         assert (again.body, again.redelivered) == (bodies[1], True)
