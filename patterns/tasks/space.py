@@ -9,13 +9,20 @@ producer can cut it into batches of consecutive indexes without listing a single
 nanoseconds, so turning each index into a word from scratch (a few divisions) would
 cost as much again: instead it walks the batch in runs that share every letter but the
 last, hashes the shared prefix once and, for each last letter, copies that hash state
-and feeds it one letter. Per word that is as fast as a plain loop hashing ready-made
-words one by one, which does not have to make them (`python -m patterns.bench tasks`
-measures both).
+and feeds it one letter. It hashes with CPython's own SHA-1 (`_sha1`) where there is one:
+for words this short, most of a hash's cost is setting it up, which OpenSSL's
+(`hashlib.sha1`) makes dearer. Per word, that is faster than a plain loop hashing
+ready-made words one by one with `hashlib.sha1` (`python -m patterns.bench tasks`
+measures the worker against both loops).
 """
 
 import hashlib
 from collections.abc import Iterator
+
+try:
+    from _sha1 import sha1 as SHA1  # the same digests, cheaper to set up and to copy
+except ImportError:  # a Python built without it
+    SHA1 = hashlib.sha1
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
@@ -86,7 +93,7 @@ def _scan(search_digest: bytes, letters: list[bytes], length: int, lo: int, hi: 
     each word costs one more copy and one letter. Only the first and the last run of last
     letters can be partial; every run between them is the whole alphabet.
     """
-    sha1 = hashlib.sha1
+    sha1 = SHA1
     base = len(letters)
     if length == 1:
         for letter in letters[lo : hi + 1]:
