@@ -281,7 +281,7 @@ def run(main: Coroutine[Any, Any, Any]) -> None:
     # asyncio reads a socket into a fresh 256 KiB buffer every time. glibc's malloc maps a
     # block that big with mmap (a system call, page faults, then munmap) until it has seen
     # one such block freed; then it serves them from its heap. Free one now, not by chance
-    # later: an AMQP worker's empty tasks ran 3-6% faster (4 rounds, side by side).
+    # later: an AMQP worker's empty tasks ran 2-6% faster (4 rounds, side by side).
     bytearray(ALLOCATOR_WARM_UP)
 
     async def cancellable() -> None:

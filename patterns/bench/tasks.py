@@ -55,7 +55,7 @@ TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
 PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entries per read)
 ROUNDS = {True: 2, False: 5}  # --quick is the test suite's smoke run: its numbers mean little
 ALPHABETS = {True: "abcdefghijklmnop", False: "abcdefghijklmnopqrst"}  # 16 or 20 letters
-EMPTY_TASKS = {"zmq": 20_000, "amqp": 2_000, "streams": 3_000}  # about a second each
+EMPTY_TASKS = {"zmq": 20_000, "amqp": 2_000, "streams": 10_000}  # one to two seconds each here
 
 
 def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:
