@@ -68,11 +68,13 @@ def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:
 SHA1S = {"hashlib": hashlib.sha1, "worker": SHA1}  # the issue's, and the worker's own
 
 
-def plain(alphabet: str, max_length: int, batch_size: int, sha1: str = "hashlib") -> dict[str, Any]:
+def plain(
+    alphabet: str, max_length: int, batch_size: int, which: str = "hashlib"
+) -> dict[str, Any]:
     """Hash every candidate with a plain loop over ready-made words: `hashlib.sha1`, or the
     SHA-1 the worker hashes with."""
     target = bytes.fromhex(NOWHERE)
-    sha1 = SHA1S[sha1]
+    sha1 = SHA1S[which]
     hashed, elapsed_ns, cpu_ns = 0, 0, 0
     for start, end in batches(search_space(len(alphabet), max_length), batch_size):
         words = [word_at(i, alphabet).encode() for i in range(start, end + 1)]
@@ -95,19 +97,23 @@ def together(count: int, alphabet: str, max_length: int, batch_size: int) -> dic
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # a loop: wait for the go, hash, say how it went
+            status = 1
             try:
                 os.read(go_read, 1)
                 os.write(write, json.dumps(plain(alphabet, max_length, batch_size)).encode())
+                status = 0
             finally:
-                os._exit(0)
+                os._exit(status)
         os.close(write)
         loops.append((pid, read))
     os.write(go_write, b"." * count)
     rates = []
     for pid, read in loops:
         with os.fdopen(read, "rb") as pipe:
-            result = json.loads(pipe.read())
-        os.waitpid(pid, 0)
+            said = pipe.read()
+        if os.waitpid(pid, 0)[1] != 0 or not said:
+            raise RuntimeError(f"plain loop {pid} failed (its traceback is above)")
+        result = json.loads(said)
         rates.append(result["hashed"] / result["seconds"])
     return {"loops": count, "hashes_per_s": sum(rates)}
 
