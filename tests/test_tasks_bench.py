@@ -3,6 +3,7 @@ it on a quiet machine, never here: a timed test on a shared machine is flaky).""
 
 import json
 
+from patterns.tasks.space import SHA1S
 from tests.conftest import bench
 
 
@@ -23,3 +24,4 @@ def test_the_tasks_benchmark_prints_every_comparison_per_transport() -> None:
         ):
             assert measured[key] > 0, (transport, key)
         assert measured["worker_hashes_per_s"] > 0 and measured["raw_tasks_per_s"] > 0
+        assert set(measured["worker_sha1"].split("/")) <= set(SHA1S)  # the one it timed faster

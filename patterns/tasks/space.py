@@ -9,20 +9,30 @@ producer can cut it into batches of consecutive indexes without listing a single
 nanoseconds, so turning each index into a word from scratch (a few divisions) would
 cost as much again: instead it walks the batch in runs that share every letter but the
 last, hashes the shared prefix once and, for each last letter, copies that hash state
-and feeds it one letter. It hashes with CPython's own SHA-1 (`_sha1`) where there is one:
-for words this short, most of a hash's cost is setting it up, which OpenSSL's
-(`hashlib.sha1`) makes dearer. Per word, that is faster than a plain loop hashing
-ready-made words one by one with `hashlib.sha1` (`python -m patterns.bench tasks`
-measures the worker against both loops).
+and feeds it one letter.
+
+Two SHA-1s give the same digests: OpenSSL's (`hashlib.sha1`) and, in most CPython builds,
+CPython's own (`_sha1`). For words this short a hash's cost is mostly setting it up and
+copying it, and which of the two does that faster depends on the machine (the CPU, the
+OpenSSL build): CPython's was 10% faster on one machine here, OpenSSL's 5% faster on
+another. So the kernel times both on its own steps, once per process, and hashes with the
+faster (`word_sha1`). `python -m patterns.bench tasks` measures the worker against a plain
+loop with `hashlib.sha1` and against one with the SHA-1 the worker chose.
 """
 
+import functools
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
+SHA1S: dict[str, Callable] = {"hashlib": hashlib.sha1}  # OpenSSL's
 try:
-    from _sha1 import sha1 as SHA1  # the same digests, cheaper to set up and to copy
-except ImportError:  # a Python built without it
-    SHA1 = hashlib.sha1
+    from _sha1 import sha1 as _cpython_sha1
+except ImportError:  # a Python built without its own hashes
+    pass
+else:
+    SHA1S["_sha1"] = _cpython_sha1
+TRIALS, STEPS = 5, 1_000  # rounds per SHA-1, kernel steps per round: a few ms in all
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
@@ -85,6 +95,27 @@ def crack(search_digest: bytes, alphabet: str, start: int, end: int) -> str | No
     return None
 
 
+@functools.cache
+def word_sha1() -> str:
+    """The name (in `SHA1S`) of the SHA-1 that runs the kernel's steps faster here.
+
+    Timed once per process: the best of `TRIALS` alternating rounds of `STEPS` steps each
+    (copy a state, add a letter, digest), so a moment's load on a shared machine does not
+    decide it. Either gives the same digests: a wrong pick costs only speed.
+    """
+    best = dict.fromkeys(SHA1S, float("inf"))
+    for _ in range(TRIALS):
+        for name, sha1 in SHA1S.items():
+            copy = sha1(b"abc").copy
+            began = time.perf_counter()
+            for _ in range(STEPS):
+                state = copy()
+                state.update(b"d")
+                state.digest()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return min(best, key=best.__getitem__)
+
+
 def _scan(search_digest: bytes, letters: list[bytes], length: int, lo: int, hi: int) -> str | None:
     """Hash the words of `length` letters numbered lo..hi (from 0, in alphabetical order).
 
@@ -93,7 +124,7 @@ def _scan(search_digest: bytes, letters: list[bytes], length: int, lo: int, hi: 
     each word costs one more copy and one letter. Only the first and the last run of last
     letters can be partial; every run between them is the whole alphabet.
     """
-    sha1 = SHA1
+    sha1 = SHA1S[word_sha1()]
     base = len(letters)
     if length == 1:
         for letter in letters[lo : hi + 1]:

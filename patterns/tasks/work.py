@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from patterns.tasks import wire
-from patterns.tasks.space import crack, index_of
+from patterns.tasks.space import crack, index_of, word_sha1
 
 SLICE = 10_000  # candidates per slice: 2-8 ms of hashing here between two looks at the loop
 REMEMBERED = 1_000  # cracked hashes a worker keeps, to skip the rest of their tasks
@@ -61,6 +61,7 @@ class Tally:
             "found": self.found,
             "seconds": round(seconds, 6),
             "cpu_seconds": round((time.process_time_ns() - self.first_cpu_ns) / 1e9, 6),
+            "sha1": word_sha1(),  # which SHA-1 it hashed with (space.SHA1S)
         }
 
 
@@ -70,6 +71,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.cracked: OrderedDict[str, str] = OrderedDict()  # searchHash -> word
         self.tally = Tally()
+        word_sha1()  # which SHA-1 to hash with, timed now rather than during the first task
 
     def learn(self, data: bytes) -> None:
         """A notice from the control channel: skip what is left of a cracked hash."""
