@@ -30,6 +30,9 @@ from patterns.messages import MalformedMessage
 FOUND_PREFIX = "Found: "
 MAX_BATCH = 10_000_000  # candidates per task: a bigger one is refused, not hashed for hours
 HEX_SHA1 = re.compile(r"[0-9a-f]{40}")
+# One encoder for every message, compact and UTF-8 as it is: json.dumps with options
+# builds a new one per call, which is most of what an empty task's report costs.
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class MalformedTask(MalformedMessage):
@@ -58,7 +61,7 @@ def encode_task(task: Task) -> bytes:
     }
     if task.job is not None:
         fields["job"] = task.job
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    return _to_json(fields).encode()
 
 
 def _integer(fields: dict, name: str) -> int:
@@ -70,8 +73,8 @@ def _integer(fields: dict, name: str) -> int:
 
 def decode_task(data: bytes | str) -> Task:
     """The task in `data`, or `MalformedTask` naming the first problem found."""
-    try:
-        fields = json.loads(data)
+    try:  # UTF-8 (WIRE.md): decoded here, json.loads would first guess the encoding
+        fields = json.loads(data.decode() if isinstance(data, bytes) else data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise MalformedTask(f"not JSON: {error}") from None
     if not isinstance(fields, dict):
@@ -180,7 +183,7 @@ REPORTS: dict[str, type] = {
 
 def encode(report: Report) -> bytes:
     fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    return _to_json(fields).encode()
 
 
 INTEGERS = {  # the fields of each report that a collector counts or computes with
