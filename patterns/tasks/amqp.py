@@ -61,6 +61,7 @@ RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # waits between attempts to reach the b
 CHUNK = 100  # tasks published before their confirms are awaited together
 WINDOW_CHECK_S = 0.05  # how often a held-back producer looks at the queue's depth again
 CLEANUP_S = 1.0  # how long a session cut off from the broker may take to wind down
+ACK_IDLE_S = 0.002  # a worker with no delivery for this long acks all it can
 ACK_EVERY_S = 0.1  # the collector acks what it recorded at most this often
 BROKEN = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
 
@@ -200,11 +201,15 @@ class Acks:
     """A channel's task acks, in delivery order, several per frame (`multiple=True`).
 
     A task may be acked once the broker confirmed what it produced. Rather than one ack
-    frame per task, the worker acks `every` settled tasks at once, or all it can as soon
-    as it runs out of deliveries. With prefetch 10 that is an ack every 5 tasks: fewer
-    frames for worker and broker, and the broker still has the next tasks in flight. The
-    price: a worker that dies holds a few settled tasks unacked, which are done again
-    (the collector counts them once), as with an ack lost in flight.
+    frame per task, the worker acks `every` settled tasks at once, or all it can once no
+    delivery came for `ACK_IDLE_S` (a worker that is done, or waits for the producer).
+    With prefetch 10 that is an ack every 5 tasks: fewer frames for worker and broker,
+    and the broker still has the next tasks in flight. Acking as soon as the worker's
+    queue of deliveries is empty can be an ack frame per task whenever the worker outpaces
+    the broker's deliveries, which small tasks do (empty tasks: 2,555-2,650/s acking at
+    once, 2,674-2,928/s waiting 2 ms, 4 rounds). The price: a worker that dies holds a
+    few settled tasks unacked, which are done again (the collector counts them once), as
+    with an ack lost in flight.
     """
 
     def __init__(self, channel: aiormq.abc.AbstractChannel, every: int) -> None:
@@ -316,10 +321,16 @@ async def worker(options: argparse.Namespace) -> None:
         acks = Acks(channel, every=max(1, options.prefetch // 2))
         acking: set[asyncio.Task] = set()
         while work.tally.tasks != options.exit_after:
-            if deliveries.empty():
-                acks.idle = True
-                await acks.flush()
-            message = await deliveries.get()
+            if deliveries.empty():  # ran out: ack what it can if none comes soon
+                try:
+                    async with asyncio.timeout(ACK_IDLE_S):
+                        message = await deliveries.get()
+                except TimeoutError:
+                    acks.idle = True
+                    await acks.flush()
+                    message = await deliveries.get()
+            else:
+                message = deliveries.get_nowait()
             acks.idle = False
             if (task := await handle(work, acks, message, options)) is not None:
                 acking.add(task)
