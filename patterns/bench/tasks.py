@@ -55,10 +55,10 @@ from patterns.tasks.space import ALPHABET, SHA1S, batches, search_space, word_at
 NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
 TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
 PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entries per read)
-ROUNDS = {True: 2, False: 5}  # --quick is the test suite's smoke run: its numbers mean little
+ROUNDS = {True: 2, False: 7}  # --quick is the test suite's smoke run: its numbers mean little
 ALPHABETS = {True: "abcdefghijklmnop", False: "abcdefghijklmnopqrst"}  # 16 or 20 letters
 MAX_LENGTH = 5  # words of up to 5 letters: 1,118,480 or 3,368,420 candidates
-EMPTY_TASKS = {"zmq": 20_000, "amqp": 2_000, "streams": 10_000}  # one to two seconds each here
+EMPTY_TASKS = {"zmq": 50_000, "amqp": 4_000, "streams": 20_000}  # 1-2 s each here
 
 
 def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:
