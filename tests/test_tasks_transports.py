@@ -254,3 +254,31 @@ async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() ->
     finally:
         await connection.close()
         await run.cleanup("amqp", channels)
+
+
+async def test_an_amqp_worker_whose_queue_is_deleted_declares_it_again_and_goes_on() -> None:
+    """A deleted queue: the broker cancels its consumers and leaves their connections open.
+    The worker starts again on a new connection instead of waiting for ever."""
+    channels = unique("amqp", "test")
+    task = wire.encode_task(wire.Task(NODE_HASH, "ab", 1, 2, "j"))
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+
+        async def reports() -> int:
+            return (await channel.queue_declare(channels.results, passive=True)).message_count
+
+        options = ("--transport", "amqp", *channels.options(), "--exit-after", "2")
+        async with processes.children() as started:
+            worker = await processes.start("patterns.tasks", "worker", *options, "--name", "w1")
+            started.append(worker)
+            await amqp.publish_raw(channels, [task])
+            await eventually(reports)  # the first task is done
+            await channel.queue_delete(channels.tasks)
+            await amqp.publish_raw(channels, [task])  # declared again, by the publisher
+            result = await worker.next_report("result", timeout=20)
+            assert result["tasks"] == 2
+            assert "cancelled the consumer" in worker.log()
+    finally:
+        await connection.close()
+        await run.cleanup("amqp", channels)

@@ -111,6 +111,7 @@ async def connected(
                 return
         except BROKEN as error:
             log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
+            await asyncio.sleep(RECONNECT_S[0])  # a broker that keeps cutting is not hammered
         finally:
             with contextlib.suppress(*BROKEN, asyncio.CancelledError):
                 await connection.close()
@@ -128,6 +129,27 @@ async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awa
     if not task.done() or task.cancelled():
         raise ConnectionError("the connection closed")
     return task.result()
+
+
+CUT = "the broker cancelled the consumer (was its queue deleted?) or closed the channel"
+
+
+def stop_on_cut(channel: aiormq.abc.AbstractChannel, deliveries: asyncio.Queue) -> None:
+    """Put None in `deliveries` once the connection or the channel closes, or the broker
+    cancels the channel's consumer.
+
+    The last two leave the connection open, so a consumer waiting for its next delivery
+    would wait for ever; woken with None, it starts again on a new connection instead
+    (declaring the queue anew; what it held unacked is delivered again). Give each
+    connection a queue of its own: a late None of an earlier one then wakes nobody.
+    """
+
+    def cut(_: object) -> None:
+        deliveries.put_nowait(None)
+
+    channel.connection.closing.add_done_callback(cut)
+    channel.closing.add_done_callback(cut)
+    channel.on_consumer_cancel_callbacks.add(cut)
 
 
 # ---- producer ---------------------------------------------------------------------------
@@ -308,12 +330,13 @@ async def worker(options: argparse.Namespace) -> None:
         await declare(channel, options)
         await listen(channel, options.control, work.learn)
         await channel.basic_qos(prefetch_count=options.prefetch)
-        deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+        deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
 
         async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
             deliveries.put_nowait(message)
 
         await channel.basic_consume(options.tasks, on_task)
+        stop_on_cut(channel, deliveries)
         if not ready:
             processes.report("ready", name=options.name)
             ready = True
@@ -331,6 +354,8 @@ async def worker(options: argparse.Namespace) -> None:
                     message = await deliveries.get()
             else:
                 message = deliveries.get_nowait()
+            if message is None:
+                raise ConnectionError(CUT)
             acks.idle = False
             if (task := await handle(work, acks, message, options)) is not None:
                 acking.add(task)
@@ -357,7 +382,6 @@ async def results(
     so often instead, and all of it when it is done. After a reconnect, what was not
     acked comes again (the collector counts each task once).
     """
-    queue: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
     failures = 0
     while True:
         try:
@@ -369,22 +393,20 @@ async def results(
             await asyncio.sleep(wait)
             continue
         failures = 0
-
-        def closed(_: object, mine: aiormq.abc.AbstractConnection = connection) -> None:
-            """Wake the reader below, unless an earlier connection is closing late."""
-            if mine is connection:  # noqa: B023 (bound late on purpose: the current one)
-                queue.put_nowait(None)
-
+        # this connection's deliveries (unacked: after a reconnect the broker sends them again)
+        queue: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
         try:
-            connection.closing.add_done_callback(closed)
             channel = await connection.channel()
             await declare(channel, options)
             await channel.basic_qos(prefetch_count=1_000)
 
-            async def on_result(message: aiormq.abc.DeliveredMessage) -> None:
-                queue.put_nowait(message)
+            async def on_result(
+                message: aiormq.abc.DeliveredMessage, mine: asyncio.Queue = queue
+            ) -> None:  # bound now: a late delivery of this channel never reaches the next
+                mine.put_nowait(message)
 
             await channel.basic_consume(options.results, on_result)
+            stop_on_cut(channel, queue)
             publisher[:] = [channel]
             yield []
             acked_at = time.monotonic()
@@ -393,7 +415,7 @@ async def results(
                 while not queue.empty() and len(batch) < 1_000:
                     batch.append(queue.get_nowait())
                 if None in batch:
-                    raise ConnectionError("the connection closed")
+                    raise ConnectionError(CUT if connection.is_opened else "the connection closed")
                 last = batch[-1].delivery_tag or 0
                 try:
                     yield [message.body for message in batch]
@@ -406,8 +428,6 @@ async def results(
                     acked_at = time.monotonic()
         except BROKEN as error:
             log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
-            while not queue.empty():  # unacked: the broker redelivers them
-                queue.get_nowait()
         finally:
             with contextlib.suppress(*BROKEN, asyncio.CancelledError):
                 await connection.close()
