@@ -282,3 +282,27 @@ async def test_an_amqp_worker_whose_queue_is_deleted_declares_it_again_and_goes_
     finally:
         await connection.close()
         await run.cleanup("amqp", channels)
+
+
+async def test_a_streams_worker_whose_stream_is_deleted_creates_its_group_again() -> None:
+    """A deleted stream (or Redis restarted without its data) takes the group with it: the
+    worker's blocked read fails, and the worker creates the group again and goes on."""
+    channels = unique("streams", "test")
+    task = {"task": wire.encode_task(wire.Task(NODE_HASH, "ab", 1, 2, "j"))}
+    client = aioredis.from_url(config.REDIS_URL)
+    try:
+        options = ("--transport", "streams", *channels.options(), "--exit-after", "2")
+        async with processes.children() as started:
+            worker = await processes.start("patterns.tasks", "worker", *options, "--name", "w1")
+            started.append(worker)
+            await streams.add_raw(channels, [task])
+            await eventually(lambda: client.xlen(channels.results))  # the first task is done
+            await client.delete(channels.tasks)
+            assert await streams.backlog(client, channels.tasks, channels.group) == 0
+            await client.xadd(channels.tasks, task)  # no group yet, or a new one: either way
+            result = await worker.next_report("result", timeout=20)
+            assert result["tasks"] == 2
+            assert f"has no group {channels.group}" in worker.log()
+    finally:
+        await client.aclose()
+        await run.cleanup("streams", channels)

@@ -24,7 +24,11 @@ What the group does not do by itself, each worker does:
   entries at once), or a slow worker's task is done twice;
 * delivery counts (XPENDING) bound retries: an entry delivered more than `--max-attempts`
   times, or one that is not a task, goes to the dead-letter stream (`tasks_stream.dead`)
-  with the reason, and is acked.
+  with the reason, and is acked;
+* if the group is gone (the stream was deleted, or Redis restarted without its data), it
+  creates it again, from the stream's start: whatever the stream holds then was never
+  delivered to the group. What the lost stream held is lost: a collector started with
+  `--idle-timeout` gives up waiting for it and names it in its ledger.
 
 Streams are logs: nothing leaves them when it is read. So every XADD trims
 (MAXLEN ~), and the producer keeps at most `--window` tasks undone (XINFO GROUPS:
@@ -78,10 +82,15 @@ async def reconnecting(attempt: Callable[[], Awaitable[Any]]) -> Any:
             await asyncio.sleep(wait)
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str, start: str = "$") -> None:
     """The book's group: created at `$` (new entries only), with the stream if missing."""
     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-        await redis.xgroup_create(stream, group, id="$", mkstream=True)
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+
+
+def group_gone(error: ResponseError) -> bool:
+    """Did a read fail because the stream or its group no longer exists?"""
+    return str(error).startswith(("NOGROUP", "UNBLOCKED"))  # UNBLOCKED: deleted mid-read
 
 
 async def last_id(redis: aioredis.Redis, stream: str) -> str:
@@ -110,7 +119,13 @@ async def notices(redis: aioredis.Redis, stream: str, on_notice: Callable[[bytes
 
 async def backlog(redis: aioredis.Redis, stream: str, group: str) -> int:
     """Tasks the group has not finished: pending (delivered, unacked) + lag (undelivered)."""
-    for info in await redis.xinfo_groups(stream):
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError as error:  # deleted, or Redis restarted without its data
+        if "no such key" not in str(error):
+            raise
+        return 0
+    for info in groups:
         if info["name"].decode() == group:
             return int(info["pending"]) + int(info.get("lag") or 0)
     return 0
@@ -290,7 +305,8 @@ async def worker(options: argparse.Namespace) -> None:
     # a blocked read must not delay a reclaim that is due
     block_ms = int(min(BLOCK_MS, options.claim_idle * 1000 / 2))
     try:
-        await reconnecting(lambda: ensure_group(redis, options.tasks, options.group))
+        names = (options.tasks, options.group)
+        await reconnecting(lambda: ensure_group(redis, *names))
         listener = asyncio.create_task(notices(redis, options.control, work.learn))
         processes.report("ready", name=options.name)
         log.info("%s reads %s as a member of %s", options.name, options.tasks, options.group)
@@ -330,6 +346,13 @@ async def worker(options: argparse.Namespace) -> None:
                 log.warning("Redis unreachable (%s): reconnecting", error)
                 own_first = True
                 await asyncio.sleep(RECONNECT_S[2])
+            except ResponseError as error:
+                if not group_gone(error):
+                    raise
+                # the stream was deleted, or Redis restarted without its data: none of
+                # what the stream holds now was delivered to this group, so from its start
+                log.warning("%s has no group %s (%s): created again", *names, error)
+                await reconnecting(lambda: ensure_group(redis, *names, start="0"))
         if committed is not None:
             await committed  # done: every finished entry is committed first
         processes.report("result", name=options.name, **work.tally.as_dict())
