@@ -83,7 +83,8 @@ async def reconnecting(attempt: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str, start: str = "$") -> None:
-    """The book's group: created at `$` (new entries only), with the stream if missing."""
+    """The book's group, created at `start` (`$`: new entries only; `0`: every entry), with
+    the stream if missing."""
     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
         await redis.xgroup_create(stream, group, id=start, mkstream=True)
 
