@@ -47,7 +47,7 @@ import zmq
 import zmq.asyncio
 
 from patterns import config, processes
-from patterns.tasks import amqp, streams, wire
+from patterns.tasks import amqp, streams, wire, zeromq
 from patterns.tasks.job import TRANSPORTS, Channels, unique
 from patterns.tasks.run import cleanup, crack
 from patterns.tasks.space import ALPHABET, SHA1S, batches, search_space, word_at
@@ -124,7 +124,7 @@ async def raw_zmq(options: argparse.Namespace) -> tuple[int, int]:
         pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
         pull.connect(options.tasks)
         push.connect(options.results)
-        ready = zmq.Socket.shadow(pull.underlying)
+        ready = zeromq.shadow(pull)  # its synchronous twin
         processes.report("ready")
         first = 0
         for _ in range(options.count):

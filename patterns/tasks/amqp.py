@@ -134,22 +134,30 @@ async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awa
 CUT = "the broker cancelled the consumer (was its queue deleted?) or closed the channel"
 
 
-def stop_on_cut(channel: aiormq.abc.AbstractChannel, deliveries: asyncio.Queue) -> None:
-    """Put None in `deliveries` once the connection or the channel closes, or the broker
-    cancels the channel's consumer.
+async def consume(
+    channel: aiormq.abc.AbstractChannel, queue: str
+) -> asyncio.Queue[aiormq.abc.DeliveredMessage | None]:
+    """Consume `queue` into an asyncio queue of this channel's own, which gets None once the
+    connection or the channel closes, or the broker cancels the consumer.
 
     The last two leave the connection open, so a consumer waiting for its next delivery
     would wait for ever; woken with None, it starts again on a new connection instead
-    (declaring the queue anew; what it held unacked is delivered again). Give each
-    connection a queue of its own: a late None of an earlier one then wakes nobody.
+    (declaring the queue anew; what it held unacked is delivered again). Each channel's
+    queue is its own: a late delivery or None of an earlier channel reaches nobody.
     """
+    deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        deliveries.put_nowait(message)
 
     def cut(_: object) -> None:
         deliveries.put_nowait(None)
 
+    await channel.basic_consume(queue, on_message)
     channel.connection.closing.add_done_callback(cut)
     channel.closing.add_done_callback(cut)
     channel.on_consumer_cancel_callbacks.add(cut)
+    return deliveries
 
 
 # ---- producer ---------------------------------------------------------------------------
@@ -330,13 +338,7 @@ async def worker(options: argparse.Namespace) -> None:
         await declare(channel, options)
         await listen(channel, options.control, work.learn)
         await channel.basic_qos(prefetch_count=options.prefetch)
-        deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
-
-        async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
-            deliveries.put_nowait(message)
-
-        await channel.basic_consume(options.tasks, on_task)
-        stop_on_cut(channel, deliveries)
+        deliveries = await consume(channel, options.tasks)
         if not ready:
             processes.report("ready", name=options.name)
             ready = True
@@ -393,20 +395,11 @@ async def results(
             await asyncio.sleep(wait)
             continue
         failures = 0
-        # this connection's deliveries (unacked: after a reconnect the broker sends them again)
-        queue: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
         try:
             channel = await connection.channel()
             await declare(channel, options)
             await channel.basic_qos(prefetch_count=1_000)
-
-            async def on_result(
-                message: aiormq.abc.DeliveredMessage, mine: asyncio.Queue = queue
-            ) -> None:  # bound now: a late delivery of this channel never reaches the next
-                mine.put_nowait(message)
-
-            await channel.basic_consume(options.results, on_result)
-            stop_on_cut(channel, queue)
+            queue = await consume(channel, options.results)
             publisher[:] = [channel]
             yield []
             acked_at = time.monotonic()

@@ -89,9 +89,10 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str, start: st
         await redis.xgroup_create(stream, group, id=start, mkstream=True)
 
 
-def group_gone(error: ResponseError) -> bool:
-    """Did a read fail because the stream or its group no longer exists?"""
-    return str(error).startswith(("NOGROUP", "UNBLOCKED"))  # UNBLOCKED: deleted mid-read
+def gone(error: ResponseError) -> bool:
+    """Did a command fail because the stream or its group no longer exists? (NOGROUP: a
+    read; UNBLOCKED: a blocked read whose stream was deleted; no such key: XINFO)"""
+    return str(error).startswith(("NOGROUP", "UNBLOCKED", "no such key"))
 
 
 async def last_id(redis: aioredis.Redis, stream: str) -> str:
@@ -123,7 +124,7 @@ async def backlog(redis: aioredis.Redis, stream: str, group: str) -> int:
     try:
         groups = await redis.xinfo_groups(stream)
     except ResponseError as error:  # deleted, or Redis restarted without its data
-        if "no such key" not in str(error):
+        if not gone(error):
             raise
         return 0
     for info in groups:
@@ -348,7 +349,7 @@ async def worker(options: argparse.Namespace) -> None:
                 own_first = True
                 await asyncio.sleep(RECONNECT_S[2])
             except ResponseError as error:
-                if not group_gone(error):
+                if not gone(error):
                     raise
                 # the stream was deleted, or Redis restarted without its data: none of
                 # what the stream holds now was delivered to this group, so from its start
