@@ -19,9 +19,11 @@ collector tells this job's reports from leftovers of another. Book tasks have no
 decoding accepts both, and ignores fields it does not know.
 """
 
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +32,37 @@ from patterns.messages import MalformedMessage
 FOUND_PREFIX = "Found: "
 MAX_BATCH = 10_000_000  # candidates per task: a bigger one is refused, not hashed for hours
 HEX_SHA1 = re.compile(r"[0-9a-f]{40}")
-# One encoder for every message, compact and UTF-8 as it is: json.dumps with options
-# builds a new one per call, which is most of what an empty task's report costs.
-_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """`json.dumps(obj, separators=(",", ":"), ensure_ascii=False)`, set up once.
+
+    json.dumps with options builds a JSONEncoder per call, and JSONEncoder.encode builds
+    its C encoder (json.encoder.c_make_encoder) per call: together most of what encoding a
+    worker's report costs. Here the C encoder is built once and kept. It is made without
+    a check for circular references: every message here is a flat object.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    try:
+        make = json.encoder.c_make_encoder(  # the arguments JSONEncoder.iterencode gives it
+            None, encoder.default, json.encoder.encode_basestring, None, ":", ",",
+            False, False, True,
+        )  # fmt: skip
+    except TypeError:  # no C accelerator (it is None), or another signature: the slow way
+        return encoder.encode
+    return lambda obj: "".join(make(obj, 0))
+
+
+_to_json = _compact_encoder()
 
 
 class MalformedTask(MalformedMessage):
     """Not a task; `str(error)` says why (it becomes the dead letter's reason)."""
 
 
-@dataclass(frozen=True, slots=True)
+# The messages are dataclasses with slots, not frozen ones: a frozen dataclass sets each
+# field through object.__setattr__, five times as slow, and a worker makes two per task.
+@dataclass(slots=True)
 class Task:
     search_hash: str
     alphabet: str
@@ -64,11 +87,21 @@ def encode_task(task: Task) -> bytes:
     return _to_json(fields).encode()
 
 
-def _integer(fields: dict, name: str) -> int:
-    value = fields[name]
-    if type(value) is not int:  # bool is an int subclass: refuse it too
-        raise MalformedTask(f"{name} must be an integer, not {value!r}")
-    return value
+# Every task of a job carries the same searchHash and alphabet: each is checked once per
+# job (the last few are remembered), not once per task.
+@functools.lru_cache(maxsize=64)
+def _search_hash(search_hash: str) -> str:
+    """The searchHash lower-cased, if it is one."""
+    if not HEX_SHA1.fullmatch(search_hash.lower()):
+        raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r}")
+    return search_hash.lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _alphabet(alphabet: str) -> str:
+    if not alphabet or len(set(alphabet)) != len(alphabet):
+        raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r}")
+    return alphabet
 
 
 def decode_task(data: bytes | str) -> Task:
@@ -77,24 +110,30 @@ def decode_task(data: bytes | str) -> Task:
         fields = json.loads(data.decode() if isinstance(data, bytes) else data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise MalformedTask(f"not JSON: {error}") from None
-    if not isinstance(fields, dict):
+    if type(fields) is not dict:
         raise MalformedTask(f"a task is a JSON object, not {type(fields).__name__}")
-    for name in ("searchHash", "alphabet", "batchStart", "batchEnd"):
-        if name not in fields:
-            raise MalformedTask(f"missing field {name}")
-    search_hash, alphabet, job = fields["searchHash"], fields["alphabet"], fields.get("job")
-    if not isinstance(search_hash, str) or not HEX_SHA1.fullmatch(search_hash.lower()):
+    try:
+        search_hash, alphabet = fields["searchHash"], fields["alphabet"]
+        start, end = fields["batchStart"], fields["batchEnd"]
+    except KeyError as error:
+        raise MalformedTask(f"missing field {error.args[0]}") from None
+    if type(search_hash) is not str:  # (unhashable, as a list is: no cache for it)
         raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r}")
-    if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
+    search_hash = _search_hash(search_hash)
+    if type(alphabet) is not str:
         raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r}")
-    start, end = _integer(fields, "batchStart"), _integer(fields, "batchEnd")
+    alphabet = _alphabet(alphabet)
+    for name, value in (("batchStart", start), ("batchEnd", end)):
+        if type(value) is not int:  # bool is an int subclass: refuse it too
+            raise MalformedTask(f"{name} must be an integer, not {value!r}")
     if start < 1 or end < start - 1:  # end == start - 1 is an empty batch
         raise MalformedTask(f"batch {start}..{end} is not a range of indexes from 1")
     if end - start + 1 > MAX_BATCH:
         raise MalformedTask(f"batch of {end - start + 1:,} candidates is over {MAX_BATCH:,}")
-    if job is not None and not isinstance(job, str):
+    job = fields.get("job")
+    if job is not None and type(job) is not str:
         raise MalformedTask(f"job must be a string, not {job!r}")
-    return Task(search_hash.lower(), alphabet, start, end, job)
+    return Task(search_hash, alphabet, start, end, job)
 
 
 def found(word: str) -> bytes:
@@ -109,7 +148,7 @@ def sha1_hex(word: str) -> str:
 # ---- our reports ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     """A producer's announcement: the collector learns what to wait for."""
 
@@ -123,7 +162,7 @@ class Job:
     type: str = "job"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sent:
     """The producer's last word: how many tasks it sent (fewer if the job stopped early)."""
 
@@ -132,7 +171,7 @@ class Sent:
     type: str = "sent"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done:
     """A worker finished a task: `hashed` candidates, or skipped it (the word was found)."""
 
@@ -148,7 +187,7 @@ class Done:
     type: str = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dead:
     """A worker set a task aside: why, and after how many deliveries."""
 
@@ -161,7 +200,7 @@ class Dead:
     type: str = "dead"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cracked:
     """The collector's notice: the word of this hash is found, skip what is left of it."""
 
