@@ -104,6 +104,10 @@ def test_tasks_round_trip_and_keep_the_book_fields() -> None:
          None),
         (b'{"searchHash": "0000000000000000000000000000000000000000", "alphabet": "aa",'
          b' "batchStart": 1, "batchEnd": 2}', "alphabet must be distinct letters, not 'aa'"),
+        (b'{"searchHash": ["0"], "alphabet": "ab", "batchStart": 1, "batchEnd": 2}',
+         "searchHash must be 40 hex digits, not ['0']"),
+        (b'{"searchHash": "0000000000000000000000000000000000000000", "alphabet": ["a"],'
+         b' "batchStart": 1, "batchEnd": 2}', "alphabet must be distinct letters, not ['a']"),
         (b'{"searchHash": "0000000000000000000000000000000000000000", "alphabet": "ab",'
          b' "batchStart": true, "batchEnd": 2}', "batchStart must be an integer, not True"),
         (b'{"searchHash": "0000000000000000000000000000000000000000", "alphabet": "ab",'
@@ -118,6 +122,21 @@ def test_a_malformed_task_is_refused_with_its_reason(data: bytes, reason: str | 
         wire.decode_task(data)
     if reason is not None:
         assert str(refused.value) == reason
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        wire.Done("wé", "j", "0" * 40, 1, 10_000, 10_000, "node", False, 2),
+        wire.Job("j", "0" * 40, "ab", 4, 10, 2, 1764000000.125),
+        wire.Dead("w1", 'not JSON: "{oops"\n', 3),
+    ],
+)
+def test_reports_encode_as_compact_utf8_json(report: wire.Report) -> None:
+    fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
+    compact = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    assert wire.encode(report) == compact
+    assert wire.decode(compact) == report
 
 
 async def test_a_worker_hashes_sets_aside_and_skips() -> None:
