@@ -14,10 +14,12 @@ and feeds it one letter.
 Two SHA-1s give the same digests: OpenSSL's (`hashlib.sha1`) and, in most CPython builds,
 CPython's own (`_sha1`). For words this short a hash's cost is mostly setting it up and
 copying it, and which of the two does that faster depends on the machine (the CPU, the
-OpenSSL build): CPython's was 10% faster on one machine here, OpenSSL's 3-6% faster on
-another. So the kernel times both on its own steps, once per process, and hashes with the
-faster (`word_sha1`). `python -m patterns.bench tasks` measures the worker against a plain
-loop with `hashlib.sha1` and against one with the SHA-1 the worker chose.
+OpenSSL build), and even on its state of the moment: CPython's was 10% faster on one
+machine here, OpenSSL's 3-6% faster on another, and on a third each was the faster in
+turn, for seconds at a time. So the kernel times both on a few thousand words, once per
+process, and hashes with the faster (`word_sha1`). `python -m patterns.bench tasks`
+measures the worker against a plain loop with `hashlib.sha1` and against one with the
+SHA-1 the worker chose.
 """
 
 import functools

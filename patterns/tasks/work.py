@@ -17,7 +17,7 @@ likewise. An AMQP worker that turned the loop only between the slices of a task 
 for a task of one slice) learned of its confirms tasks late, acked late, and ran out of
 deliveries with prefetch 10: in a job of 337 tasks (2-3 s) it waited for them 0.25-0.36 s
 in all; with one turn before each slice 0.18-0.22 s, with two 0.12 s, with four not at
-all (its confirms came 17 ms after the publish, against 40-50 ms). A turn with nothing to
+all (its confirms came 17 ms after the publish, against 38-49 ms). A turn with nothing to
 do costs a few microseconds; a slice, milliseconds.
 """
 
