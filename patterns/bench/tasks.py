@@ -128,11 +128,7 @@ async def raw_zmq(options: argparse.Namespace) -> tuple[int, int]:
         processes.report("ready")
         first = 0
         for _ in range(options.count):
-            try:  # as the worker: take a task that is there without a future; else wait
-                data = ready.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                data = await pull.recv()
-            task = json.loads(data)
+            task = json.loads(await zeromq.receive(pull, ready))  # as the worker takes it
             first = first or time.perf_counter_ns()
             await push.send(
                 json.dumps({"worker": "raw", "batchStart": task["batchStart"]}).encode()

@@ -59,6 +59,15 @@ def shadow(socket: zmq.asyncio.Socket) -> zmq.Socket:
     return zmq.Socket.shadow(socket.underlying)
 
 
+async def receive(socket: zmq.asyncio.Socket, twin: zmq.Socket) -> bytes:
+    """The next message on `socket`: taken through its synchronous `twin` (`shadow`) if one
+    is there, awaited only if none is (an asyncio receive costs a future each time)."""
+    try:
+        return twin.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        return await socket.recv()
+
+
 async def wait_for_workers(monitor: zmq.asyncio.Socket, count: int) -> None:
     """Until `count` peers have completed their ZeroMQ handshake with the monitored socket."""
     connected = 0
@@ -129,10 +138,7 @@ async def worker(options: argparse.Namespace) -> None:
         while work.tally.tasks != options.exit_after:
             # one task at a time: the rest wait in the socket, where a notice can still
             # reach them before they are hashed; wait only when there is none
-            try:
-                task = tasks.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                task = await from_ventilator.recv()
+            task = await receive(from_ventilator, tasks)
             if time.monotonic() >= look_at:
                 for notice in drain(notices):
                     work.learn(notice)
