@@ -128,6 +128,8 @@ def test_a_malformed_task_is_refused_with_its_reason(data: bytes, reason: str | 
     "report",
     [
         wire.Done("wé", "j", "0" * 40, 1, 10_000, 10_000, "node", False, 2),
+        wire.Done('w "1"\\\n\x00', None, "f" * 40, 10_001, 20_000, 0, None, True),
+        wire.Done("w1", "ü-🙂", "a" * 40, 1, 0, 0, 'qu"ote\u2028', False, 1),
         wire.Job("j", "0" * 40, "ab", 4, 10, 2, 1764000000.125),
         wire.Dead("w1", 'not JSON: "{oops"\n', 3),
     ],
@@ -137,6 +139,20 @@ def test_reports_encode_as_compact_utf8_json(report: wire.Report) -> None:
     compact = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     assert wire.encode(report) == compact
     assert wire.decode(compact) == report
+
+
+@pytest.mark.parametrize(
+    "done",
+    [
+        wire.Done(7, "j", "0" * 40, 1, 10, 10),  # type: ignore[arg-type]
+        wire.Done("w1", "j", "0" * 40, 1.0, 10, 10),  # type: ignore[arg-type]
+        wire.Done("w1", "j", "0" * 40, 1, "10", 10),  # type: ignore[arg-type]
+        wire.Done("w1", ["j"], "0" * 40, 1, 10, 10),  # type: ignore[arg-type]
+    ],
+)
+def test_a_report_with_a_field_of_the_wrong_type_is_refused(done: wire.Done) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        wire.encode(done)
 
 
 async def test_a_worker_hashes_sets_aside_and_skips() -> None:
