@@ -158,10 +158,6 @@ class Worker:
             self._remember(task.search_hash, word)
             self.tally.found.append(word)
             results.insert(0, wire.found(word))  # the book's result, for any collector
-        else:
-            log.debug(
-                "%s %d..%d", "skipped" if skipped else "done", task.batch_start, task.batch_end
-            )
         self.tally.tasks += 1
         self.tally.hashed += hashed
         self.tally.skipped += skipped
