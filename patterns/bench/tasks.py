@@ -58,7 +58,7 @@ PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entr
 ROUNDS = {True: 2, False: 7}  # --quick is the test suite's smoke run: its numbers mean little
 ALPHABETS = {True: "abcdefghijklmnop", False: "abcdefghijklmnopqrst"}  # 16 or 20 letters
 MAX_LENGTH = 5  # words of up to 5 letters: 1,118,480 or 3,368,420 candidates
-EMPTY_TASKS = {"zmq": 50_000, "amqp": 4_000, "streams": 20_000}  # 1-2 s each here
+EMPTY_TASKS = {"zmq": 100_000, "amqp": 8_000, "streams": 40_000}  # 1.4-1.8 s each here
 
 
 def job_options(alphabet: str, max_length: int) -> tuple[str, ...]:
