@@ -6,11 +6,12 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 
 from patterns.tasks import space, wire
-from patterns.tasks.collect import Tracker
+from patterns.tasks.collect import Tracker, collect
 from patterns.tasks.job import BATCH_SIZE, DEFAULTS, plan, unique
 from patterns.tasks.space import ALPHABET, batches, crack, index_of, search_space, word_at
 from patterns.tasks.work import SLICE, Worker
@@ -212,6 +213,24 @@ def test_the_tracker_accounts_for_every_task_once() -> None:
     assert (ledger["sent"], ledger["lost"], ledger["duplicated"]) == (4, 0, 1)
     assert result["index"] == 256313
     assert Tracker().result()["ledger"]["sent"] == 0  # nothing known: nothing claimed
+
+
+async def test_reports_joined_in_one_message_are_each_counted() -> None:
+    job = wire.Job("j", NODE_HASH, ALPHABET, 4, 10_000, 3, 0.0)
+    done = [wire.encode(wire.Done("w1", "j", NODE_HASH, s, s + 9_999, 10_000)) for s in (1, 10_001)]
+    dead = wire.encode(wire.Dead("w1", 'not JSON: "\n{"', 1, "j", NODE_HASH, 20_001))
+    message = wire.join([*done, dead])
+    assert wire.split(message) == [*done, dead]  # a newline inside a string is \\n
+    assert wire.split(done[0]) == [done[0]] and wire.split(b"Found: a\nb") == [b"Found: a\nb"]
+
+    async def batches() -> AsyncIterator[list[bytes]]:
+        yield [wire.encode(job), message, wire.encode(wire.Sent("j", 3))]
+
+    async def broadcast(notice: wire.Cracked) -> None:
+        raise AssertionError("nothing was found")
+
+    result = await collect(batches(), broadcast, lambda *args, **kwargs: None, 1.0)
+    assert result["complete"] and result["ledger"]["lost"] == 0 and result["dead_tasks"] == 1
 
 
 def test_a_found_text_from_a_book_worker_stops_the_job() -> None:

@@ -236,15 +236,15 @@ async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() ->
         tags = [m.delivery_tag for m in messages]
         for tag in tags:
             acks.take(tag)
-        await acks.settle(tags[0], True)
-        await acks.settle(tags[2], True)
-        await acks.settle(tags[1], False)  # three settled: 0 and 2 acked, 1 requeued
+        await acks.settle([tags[0]], True)
+        await acks.settle([tags[2]], True)
+        await acks.settle([tags[1]], False)  # three settled: 0 and 2 acked, 1 requeued
         assert acks.taken[0] == tags[3] and not acks.settled
-        await acks.settle(tags[4], True)
-        await acks.settle(tags[5], True)  # waits for 3: nothing goes out yet
+        await acks.settle([tags[4]], True)
+        await acks.settle([tags[5]], True)  # waits for 3: nothing goes out yet
         assert list(acks.taken) == tags[3:] and len(acks.settled) == 2
         acks.idle = True
-        await acks.settle(tags[3], True)  # idle: everything settled goes out now
+        await acks.settle([tags[3]], True)  # idle: everything settled goes out now
         assert not acks.taken and not acks.settled
         again = await delivered.get()  # only the requeued one comes back
         assert (again.body, again.redelivered) == (bodies[1], True)

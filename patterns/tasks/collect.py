@@ -221,10 +221,11 @@ async def collect(
                     tracker.sent if tracker.sent is not None else "?",
                 )
                 break
-            for data in batch:
-                if (notice := tracker.take(data)) is not None:
-                    emit("found", word=notice.word, seconds=round(tracker.seconds(), 3))
-                    await broadcast(notice)
+            for message in batch:
+                for data in wire.split(message):  # several reports in one message (AMQP)
+                    if (notice := tracker.take(data)) is not None:
+                        emit("found", word=notice.word, seconds=round(tracker.seconds(), 3))
+                        await broadcast(notice)
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -273,6 +273,20 @@ def decode(data: bytes | str) -> Report | str:
         raise MalformedMessage(f"not a result or report: {text[:60]!r}") from None
 
 
+def join(reports: list[bytes]) -> bytes:
+    """Several reports in one message: one JSON object per line (JSON Lines). A report has
+    no newline of its own: json.dumps writes one inside a string as \\n."""
+    return b"\n".join(reports)
+
+
+def split(message: bytes) -> list[bytes]:
+    """The reports in one message of the results channel: one, or one per line (`join`).
+    Only JSON is split: a `Found: <word>` text is always a message of its own."""
+    if message.startswith(b"{") and b"\n" in message:
+        return message.split(b"\n")
+    return [message]
+
+
 def cracks(data: bytes, search_hash: str) -> bool:
     """Is `data` a notice that the word of `search_hash` is found?"""
     try:
