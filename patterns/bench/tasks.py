@@ -146,8 +146,9 @@ async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
         await channel.basic_qos(prefetch_count=int(PREFETCH))
         done = asyncio.Event()
         stamps = [0, 0, 0, 0]  # first, last, count, highest tag acked
-        every = int(PREFETCH) // 2  # as the worker: a message of results, then one ack frame,
-        lines: list[bytes] = []  # per half a prefetch
+        # as the worker: one message of results, then one ack frame, per half a prefetch
+        every = int(PREFETCH) // 2
+        lines: list[bytes] = []
 
         async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
             task = json.loads(message.body)
