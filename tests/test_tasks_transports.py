@@ -220,6 +220,31 @@ async def test_a_restarted_streams_worker_first_finishes_its_own_pending_task(re
         await run.cleanup("streams", channels)
 
 
+async def test_amqp_deliveries_come_in_order_wait_a_while_and_end_with_none() -> None:
+    channels = unique("amqp", "test")
+    connection = await aiormq.connect(config.AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await amqp.declare(channel, channels)
+        deliveries = await amqp.consume(channel, channels.tasks)
+        assert await deliveries.next(0.05) is False  # nothing came within 50 ms
+        await amqp.publish_raw(channels, [b"one", b"two"])
+        bodies = []
+        for _ in range(2):
+            assert await deliveries.next(5) is True
+            bodies.append(deliveries.waiting.popleft().body)
+        assert bodies == [b"one", b"two"] and not deliveries.waiting
+        waiting = asyncio.create_task(deliveries.next())  # no time limit: the close ends it
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await channel.close()
+        assert await asyncio.wait_for(waiting, 5) is True
+        assert deliveries.waiting[0] is None  # the channel closed: start again
+    finally:
+        await connection.close()
+        await run.cleanup("amqp", channels)
+
+
 async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() -> None:
     channels = unique("amqp", "test")
     connection = await aiormq.connect(config.AMQP_URL)

@@ -140,29 +140,62 @@ async def until_closed(connection: aiormq.abc.AbstractConnection, awaitable: Awa
 CUT = "the broker cancelled the consumer (was its queue deleted?) or closed the channel"
 
 
-async def consume(
-    channel: aiormq.abc.AbstractChannel, queue: str
-) -> asyncio.Queue[aiormq.abc.DeliveredMessage | None]:
-    """Consume `queue` into an asyncio queue of this channel's own, which gets None once the
+class Deliveries:
+    """One consumer's deliveries, in order, for the one loop that takes them: `waiting`
+    holds what came (None once the connection or the channel closes, or the broker cancels
+    the consumer), and `next` waits, for a while or for ever, until something is there.
+
+    An asyncio.Queue with asyncio.timeout does the same for more: a worker on empty tasks
+    runs out of deliveries about 4 tasks in 10 and waits for the next; with this in their
+    place its CPU per task went from 132 to 120 us (median of 12 alternating pairs of runs
+    of 8,000 empty tasks) and its tasks/s up 1.5%.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: deque[aiormq.abc.DeliveredMessage | None] = deque()
+        self._waiter: asyncio.Future[bool] | None = None
+
+    async def on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        self.waiting.append(message)
+        self._wake(True)
+
+    def cut(self, _: object = None) -> None:
+        self.waiting.append(None)
+        self._wake(True)
+
+    def _wake(self, came: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(came)
+
+    async def next(self, within: float | None = None) -> bool:
+        """Wait until something is waiting (True), or `within` seconds have passed (False)."""
+        if self.waiting:
+            return True
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = None if within is None else loop.call_later(within, self._wake, False)
+        try:
+            return await self._waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+
+
+async def consume(channel: aiormq.abc.AbstractChannel, queue: str) -> Deliveries:
+    """Consume `queue` into `Deliveries` of this channel's own, which get None once the
     connection or the channel closes, or the broker cancels the consumer.
 
     The last two leave the connection open, so a consumer waiting for its next delivery
     would wait for ever; woken with None, it starts again on a new connection instead
     (declaring the queue anew; what it held unacked is delivered again). Each channel's
-    queue is its own: a late delivery or None of an earlier channel reaches nobody.
+    deliveries are its own: a late delivery or None of an earlier channel reaches nobody.
     """
-    deliveries: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()
-
-    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-        deliveries.put_nowait(message)
-
-    def cut(_: object) -> None:
-        deliveries.put_nowait(None)
-
-    await channel.basic_consume(queue, on_message)
-    channel.connection.closing.add_done_callback(cut)
-    channel.closing.add_done_callback(cut)
-    channel.on_consumer_cancel_callbacks.add(cut)
+    deliveries = Deliveries()
+    await channel.basic_consume(queue, deliveries.on_message)
+    channel.connection.closing.add_done_callback(deliveries.cut)
+    channel.closing.add_done_callback(deliveries.cut)
+    channel.on_consumer_cancel_callbacks.add(deliveries.cut)
     return deliveries
 
 
@@ -412,17 +445,12 @@ async def worker(options: argparse.Namespace) -> None:
                 task.add_done_callback(acking.discard)
 
         while work.tally.tasks != options.exit_after:
-            if deliveries.empty():  # ran out: report and ack what it can if none comes soon
-                try:
-                    async with asyncio.timeout(ACK_IDLE_S):
-                        message = await deliveries.get()
-                except TimeoutError:
-                    track(reports.send())
-                    acks.idle = True
-                    await acks.flush()
-                    message = await deliveries.get()
-            else:
-                message = deliveries.get_nowait()
+            if not await deliveries.next(ACK_IDLE_S):  # ran out: report and ack what it can
+                track(reports.send())
+                acks.idle = True
+                await acks.flush()
+                await deliveries.next()
+            message = deliveries.waiting.popleft()
             if message is None:
                 raise ConnectionError(CUT)
             acks.idle = False
@@ -465,14 +493,14 @@ async def results(
             channel = await connection.channel()
             await declare(channel, options)
             await channel.basic_qos(prefetch_count=1_000)
-            queue = await consume(channel, options.results)
+            deliveries = await consume(channel, options.results)
+            waiting = deliveries.waiting
             publisher[:] = [channel]
             yield []
             acked_at = time.monotonic()
             while True:
-                batch = [await queue.get()]
-                while not queue.empty() and len(batch) < 1_000:
-                    batch.append(queue.get_nowait())
+                await deliveries.next()
+                batch = [waiting.popleft() for _ in range(min(len(waiting), 1_000))]
                 if None in batch:
                     raise ConnectionError(CUT if connection.is_opened else "the connection closed")
                 last = batch[-1].delivery_tag or 0
