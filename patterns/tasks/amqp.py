@@ -515,6 +515,7 @@ async def results(
                     acked_at = time.monotonic()
         except BROKEN as error:
             log.warning("lost the broker (%s): reconnecting", error or type(error).__name__)
+            await asyncio.sleep(RECONNECT_S[0])  # a broker that keeps cutting is not hammered
         finally:
             with contextlib.suppress(*BROKEN, asyncio.CancelledError):
                 await connection.close()
