@@ -1,4 +1,4 @@
-"""Which AMQP client: messages/s consumed by aiormq, aio-pika and pika (blocking), same queue.
+"""Which AMQP client: messages/s consumed by aiormq, aio-pika and pika (asyncio, blocking).
 
 Each round fills a queue with 64-byte messages, then each client consumes all of them
 with the same settings (prefetch 1,000, one `multiple` ack per 500 messages). Rounds
@@ -14,6 +14,9 @@ import uuid
 import aio_pika
 import aiormq
 import pika
+import pika.channel
+import pika.spec
+from pika.adapters.asyncio_connection import AsyncioConnection
 
 from patterns import config
 
@@ -70,6 +73,60 @@ async def consume_aiormq(queue: str, count: int) -> float:
     return count / elapsed
 
 
+async def consume_pika_asyncio(queue: str, count: int) -> float:
+    """pika's asyncio adapter: callbacks on the event loop, no task per delivery."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    closed: asyncio.Future[None] = loop.create_future()
+    received = 0
+    started = 0.0
+
+    def fail(_: object, error: BaseException) -> None:
+        if not done.done():
+            done.set_exception(ConnectionError(f"pika: {error}"))
+
+    def on_close(_: object, error: BaseException) -> None:
+        fail(_, error)
+        if not closed.done():
+            closed.set_result(None)
+
+    def on_message(
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Deliver,
+        _properties: pika.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        nonlocal received
+        received += 1
+        if received % ACK_EVERY == 0 or received == count:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if received == count and not done.done():
+            done.set_result(time.perf_counter() - started)
+
+    def consume(channel: pika.channel.Channel) -> None:
+        nonlocal started
+        started = time.perf_counter()
+        channel.basic_consume(queue, on_message)
+
+    def on_channel(channel: pika.channel.Channel) -> None:
+        channel.basic_qos(prefetch_count=PREFETCH, callback=lambda _: consume(channel))
+
+    connection = AsyncioConnection(
+        pika.URLParameters(config.AMQP_URL),
+        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_open_error_callback=fail,
+        on_close_callback=on_close,
+        custom_ioloop=loop,
+    )
+    try:
+        elapsed = await asyncio.wait_for(done, 120)
+    finally:
+        if not closed.done():
+            connection.close()
+            await asyncio.wait_for(closed, 10)
+    return count / elapsed
+
+
 async def consume_aio_pika(queue: str, count: int) -> float:
     connection = await aio_pika.connect(config.AMQP_URL)
     channel = await connection.channel()
@@ -92,7 +149,12 @@ async def consume_aio_pika(queue: str, count: int) -> float:
 async def run(quick: bool) -> dict:
     count, rounds = (10_000, 1) if quick else (100_000, 3)
     queue = f"bench:amqpclients:{uuid.uuid4().hex[:8]}"
-    rates: dict[str, list[float]] = {"aiormq": [], "aio-pika": [], "pika (blocking)": []}
+    rates: dict[str, list[float]] = {
+        "aiormq": [],
+        "aio-pika": [],
+        "pika (asyncio)": [],
+        "pika (blocking)": [],
+    }
     try:
         for _ in range(rounds):
             for client in rates:
@@ -101,6 +163,8 @@ async def run(quick: bool) -> dict:
                     rate = await consume_aiormq(queue, count)
                 elif client == "aio-pika":
                     rate = await consume_aio_pika(queue, count)
+                elif client == "pika (asyncio)":
+                    rate = await consume_pika_asyncio(queue, count)
                 else:
                     rate = await asyncio.to_thread(consume_pika, queue, count)
                 rates[client].append(rate)
