@@ -5,13 +5,12 @@ import asyncio
 import hashlib
 import json
 
-import aiormq
 import pytest
 import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
 
-from patterns import config, processes
+from patterns import amqpio, config, processes
 from patterns.faults import Proxy
 from patterns.tasks import amqp, run, streams, wire
 from patterns.tasks.job import TRANSPORTS, Channels, plan, unique
@@ -160,7 +159,7 @@ async def taken(channels: Channels) -> bool:
     """Has a worker taken the one task (delivered, not yet acked)?"""
     if channels.group:
         return bool((await streams.pending(channels))["pending"])
-    connection = await aiormq.connect(config.AMQP_URL)
+    connection = await amqpio.connect(config.AMQP_URL)
     try:
         channel = await connection.channel()
         return not (await channel.queue_declare(channels.tasks, passive=True)).message_count
@@ -222,7 +221,7 @@ async def test_a_restarted_streams_worker_first_finishes_its_own_pending_task(re
 
 async def test_amqp_deliveries_come_in_order_wait_a_while_and_end_with_none() -> None:
     channels = unique("amqp", "test")
-    connection = await aiormq.connect(config.AMQP_URL)
+    connection = await amqpio.connect(config.AMQP_URL)
     try:
         channel = await connection.channel()
         await amqp.declare(channel, channels)
@@ -247,33 +246,33 @@ async def test_amqp_deliveries_come_in_order_wait_a_while_and_end_with_none() ->
 
 async def test_amqp_acks_go_several_at_once_and_never_cover_a_requeued_task() -> None:
     channels = unique("amqp", "test")
-    connection = await aiormq.connect(config.AMQP_URL)
+    connection = await amqpio.connect(config.AMQP_URL)
     try:
         channel = await connection.channel()
         await amqp.declare(channel, channels)
         bodies = [f"task {n}".encode() for n in range(6)]
         await amqp.publish_raw(channels, bodies)
         await channel.basic_qos(prefetch_count=10)
-        delivered: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
-        consuming = await channel.basic_consume(channels.tasks, delivered.put)
+        delivered: asyncio.Queue[amqpio.Delivery] = asyncio.Queue()
+        consumer = await channel.basic_consume(channels.tasks, delivered.put_nowait)
         messages = [await delivered.get() for _ in bodies]
         acks = amqp.Acks(channel, every=3)
         tags = [m.delivery_tag for m in messages]
         for tag in tags:
             acks.take(tag)
-        await acks.settle([tags[0]], True)
-        await acks.settle([tags[2]], True)
-        await acks.settle([tags[1]], False)  # three settled: 0 and 2 acked, 1 requeued
+        acks.settle([tags[0]], True)
+        acks.settle([tags[2]], True)
+        acks.settle([tags[1]], False)  # three settled: 0 and 2 acked, 1 requeued
         assert acks.taken[0] == tags[3] and not acks.settled
-        await acks.settle([tags[4]], True)
-        await acks.settle([tags[5]], True)  # waits for 3: nothing goes out yet
+        acks.settle([tags[4]], True)
+        acks.settle([tags[5]], True)  # waits for 3: nothing goes out yet
         assert list(acks.taken) == tags[3:] and len(acks.settled) == 2
         acks.idle = True
-        await acks.settle([tags[3]], True)  # idle: everything settled goes out now
+        acks.settle([tags[3]], True)  # idle: everything settled goes out now
         assert not acks.taken and not acks.settled
         again = await delivered.get()  # only the requeued one comes back
         assert (again.body, again.redelivered) == (bodies[1], True)
-        await channel.basic_cancel(consuming.consumer_tag)
+        await channel.basic_cancel(consumer)
         assert not channel.is_closed  # no ack ever named a tag twice
         assert (await channel.queue_declare(channels.tasks, passive=True)).message_count == 0
     finally:
@@ -286,7 +285,7 @@ async def test_an_amqp_worker_whose_queue_is_deleted_declares_it_again_and_goes_
     The worker starts again on a new connection instead of waiting for ever."""
     channels = unique("amqp", "test")
     task = wire.encode_task(wire.Task(NODE_HASH, "ab", 1, 2, "j"))
-    connection = await aiormq.connect(config.AMQP_URL)
+    connection = await amqpio.connect(config.AMQP_URL)
     try:
         channel = await connection.channel()
 

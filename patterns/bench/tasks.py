@@ -35,6 +35,7 @@ patterns.bench.tasks raw|plain ...`.
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -42,12 +43,11 @@ import statistics
 import time
 from typing import Any
 
-import aiormq
 import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
 
-from patterns import config, processes
+from patterns import amqpio, config, processes
 from patterns.tasks import amqp, streams, wire, zeromq
 from patterns.tasks.job import TRANSPORTS, Channels, unique
 from patterns.tasks.run import cleanup, crack
@@ -140,34 +140,37 @@ async def raw_zmq(options: argparse.Namespace) -> tuple[int, int]:
 
 
 async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
-    connection = await aiormq.connect(config.AMQP_URL)
+    connection = await amqpio.connect(config.AMQP_URL)
     try:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=int(PREFETCH))
         done = asyncio.Event()
-        stamps = [0, 0, 0, 0]  # first, last, count, highest tag acked
+        stamps = [0, 0, 0]  # first, last, count
         # as the worker: one message of results, then one ack frame, per half a prefetch
         every = int(PREFETCH) // 2
         lines: list[bytes] = []
 
-        async def on_task(message: aiormq.abc.DeliveredMessage) -> None:
+        def ack(tag: int, last: bool, confirm: asyncio.Future[bool]) -> None:
+            if confirm.cancelled() or not confirm.result():
+                return
+            channel.basic_ack(tag, multiple=True)  # confirmed: every task up to this tag
+            if last:
+                stamps[1] = time.perf_counter_ns()
+                done.set()
+
+        def on_task(message: amqpio.Delivery) -> None:
             task = json.loads(message.body)
             stamps[0] = stamps[0] or time.perf_counter_ns()
             lines.append(json.dumps({"worker": "raw", "batchStart": task["batchStart"]}).encode())
             stamps[2] += 1
-            if len(lines) < every and stamps[2] < options.count:
+            last = stamps[2] == options.count
+            if len(lines) < every and not last:
                 return
             body, lines[:] = b"\n".join(lines), []
-            await channel.basic_publish(
+            confirm = channel.basic_publish(
                 body, routing_key=options.results, properties=amqp.persistent()
             )
-            tag = message.delivery_tag or 0  # confirmed: every task up to this tag is settled
-            if tag > stamps[3]:
-                stamps[3] = tag
-                await channel.basic_ack(tag, multiple=True)
-            if stamps[2] == options.count:
-                stamps[1] = time.perf_counter_ns()
-                done.set()
+            confirm.add_done_callback(functools.partial(ack, message.delivery_tag, last))
 
         await channel.basic_consume(options.tasks, on_task)
         processes.report("ready")
@@ -291,7 +294,7 @@ async def empty_tasks(transport: str, channels: Channels, count: int) -> None:
     """Queue `count` tasks with nothing to hash (amqp, streams)."""
     bodies = [wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty")) for _ in range(count)]
     if transport == "amqp":
-        connection = await aiormq.connect(config.AMQP_URL)
+        connection = await amqpio.connect(config.AMQP_URL)
         try:
             channel = await connection.channel()
             await amqp.declare(channel, channels)
