@@ -12,7 +12,8 @@ What this layer adds to pika, and nothing more:
 
 * an awaitable for each method with a reply (declare, bind, qos, consume, get, close);
 * a future per publish, which the broker's confirm settles (True: ack, False: nack), the
-  multiple confirms included;
+  multiple confirms included; and, for what must not wait a turn of the event loop for
+  it (a worker's ack), a callback called as the confirm is read;
 * what pika leaves hanging: when a channel closes (the broker closed it, or the
   connection went), every awaitable still pending on it fails with the reason, so
   nobody waits for a reply that will never come; `closing` futures for the rest.
@@ -37,6 +38,9 @@ ERRORS = (pika.exceptions.AMQPError, ConnectionError, OSError)  # what a lost br
 Properties = pika.BasicProperties
 
 logging.getLogger("pika").setLevel(logging.WARNING)  # it logs every connect and close
+
+
+OnConfirm = Callable[[bool], None]
 
 
 class Delivery(NamedTuple):
@@ -122,7 +126,7 @@ class Channel:
         self.closing: asyncio.Future[object] = self.loop.create_future()  # done once closed
         self.confirming = False
         self._pending: set[asyncio.Future] = set()  # replies awaited
-        self._unconfirmed: dict[int, asyncio.Future[bool]] = {}  # publish number -> confirm
+        self._unconfirmed: dict[int, tuple[asyncio.Future[bool], OnConfirm | None]] = {}
         self._published = 0
         self._got: asyncio.Future[Delivery | None] | None = None
         self.opened: asyncio.Future[None] = self._future()
@@ -161,7 +165,7 @@ class Channel:
     def _on_close(self, _: pika.channel.Channel, reason: object) -> None:
         self._settle(self.closing, reason)
         error = _error(reason)
-        for future in [*self._pending, *self._unconfirmed.values()]:
+        for future in [*self._pending, *(future for future, _ in self._unconfirmed.values())]:
             if not future.done():
                 future.set_exception(error)
         self._unconfirmed.clear()
@@ -210,18 +214,30 @@ class Channel:
         exchange: str = "",
         routing_key: str = "",
         properties: Properties | None = None,
+        on_confirm: OnConfirm | None = None,
     ) -> asyncio.Future[bool]:
         """Publish now; the future is the broker's confirm (True: stored, False: refused).
-        Without confirm mode it is done at once."""
+        Without confirm mode it is done at once.
+
+        `on_confirm(ok)` is called with the same answer as soon as the confirm is read: a
+        turn of the event loop before the future's awaiters and callbacks run. It is not
+        called if the channel closes first (the future then says why), and must not raise.
+        """
         future = self.loop.create_future()
         self.raw.basic_publish(exchange, routing_key, body, properties)  # raises if closed
         if not self.confirming:
             future.set_result(True)
+            if on_confirm is not None:
+                on_confirm(True)
             return future
         self._published += 1
-        self._unconfirmed[self._published] = future
+        self._unconfirmed[self._published] = (future, on_confirm)
         future.add_done_callback(_retrieved)
         return future
+
+    async def wait_for_confirms(self) -> bool:
+        """Wait for the confirm of every publish so far: True if the broker stored them all."""
+        return all(await asyncio.gather(*[future for future, _ in self._unconfirmed.values()]))
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -229,17 +245,21 @@ class Channel:
         tag = method.delivery_tag
         unconfirmed = self._unconfirmed
         if not method.multiple:
-            future = unconfirmed.pop(tag, None)
-            if future is not None and not future.done():
-                future.set_result(ok)
+            if tag in unconfirmed:
+                self._confirmed(*unconfirmed.pop(tag), ok)
             return
         while unconfirmed:  # in publish order: every one up to `tag`
             number = next(iter(unconfirmed))
             if number > tag:
                 break
-            future = unconfirmed.pop(number)
-            if not future.done():
-                future.set_result(ok)
+            self._confirmed(*unconfirmed.pop(number), ok)
+
+    @staticmethod
+    def _confirmed(future: asyncio.Future[bool], on_confirm: OnConfirm | None, ok: bool) -> None:
+        if not future.done():
+            future.set_result(ok)
+        if on_confirm is not None:
+            on_confirm(ok)
 
     # ---- consuming ------------------------------------------------------------------------
 

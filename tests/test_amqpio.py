@@ -27,8 +27,12 @@ async def channel():
 async def test_every_publish_is_confirmed_and_a_get_takes_one_message_or_none(channel) -> None:
     channel, queue = channel
     persistent = amqpio.Properties(delivery_mode=2, headers={"x-attempts": 3})
-    confirms = [channel.basic_publish(b"%d" % n, routing_key=queue, properties=persistent)
+    heard: list[bool] = []  # as each confirm is read, before the futures' awaiters
+    confirms = [channel.basic_publish(b"%d" % n, routing_key=queue, properties=persistent,
+                                      on_confirm=heard.append)
                 for n in range(500)]  # fmt: skip
+    assert await channel.wait_for_confirms() is True
+    assert heard == [True] * 500 and all(confirm.done() for confirm in confirms)
     assert await asyncio.gather(*confirms) == [True] * 500
     assert (await channel.queue_declare(queue, passive=True)).message_count == 500
     first = await channel.basic_get(queue, no_ack=True)

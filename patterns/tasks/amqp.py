@@ -315,16 +315,32 @@ class Acks:
             self.channel.basic_ack(upto, multiple=True)
 
 
-async def confirm_then_ack(acks: Acks, tags: list[int], publishing: list[Awaitable[bool]]) -> None:
-    """Settle the tasks once the broker confirmed all they produced; if it refused, requeue
-    them."""
-    try:
-        ok = all([await publish for publish in publishing])  # in order: Found, then reports
-        if not ok:
+class Settlement:
+    """Tasks whose messages (reports, a dead letter, a requeued copy) await their confirms:
+    acked once the broker confirmed every one, requeued if it refused one.
+
+    It is each publish's `on_confirm`, called as the confirm is read: no task per report
+    waits for it, and a redelivered task's copy does not hold up the worker. If the channel
+    closes first, the tasks stay unacked and the broker delivers them again.
+    """
+
+    def __init__(self, acks: Acks, tags: list[int], messages: int) -> None:
+        self.acks = acks
+        self.tags = tags
+        self.waiting = messages
+        self.ok = True
+
+    def __call__(self, ok: bool) -> None:
+        self.ok = self.ok and ok
+        self.waiting -= 1
+        if self.waiting:
+            return
+        if not self.ok:
             log.warning("the broker refused a result: its tasks go back to the queue")
-        acks.settle(tags, ok)
-    except BROKEN as error:  # unacked: the broker redelivers the tasks after the reconnect
-        log.warning("no confirm for a result (%s)", error or type(error).__name__)
+        self.acks.settle(self.tags, self.ok)
+
+
+Message = tuple[str, bytes, amqpio.Properties]  # routing key (the default exchange), body, ...
 
 
 class Reports:
@@ -347,34 +363,38 @@ class Reports:
         self.every = every
         self.tags: list[int] = []
         self.lines: list[bytes] = []
-        self.publishing: list[Awaitable[bool]] = []  # these tasks' other messages, in order
+        self.others: list[Message] = []  # messages that go alone, in order
 
-    def add(self, tag: int, outcome: Outcome, others: list[Awaitable[bool]]) -> bool:
-        """Take a finished task's reports, and `others` it published (its dead letter); True
-        if they must go now: `every` tasks are here, or a word is found, or a task is dead."""
+    def add(self, tag: int, outcome: Outcome, others: list[Message]) -> bool:
+        """Take a finished task's reports, and `others` it must publish (its dead letter);
+        True if they must go now: `every` tasks are here, or a word is found, or a task is
+        dead."""
         self.tags.append(tag)
-        self.publishing += others
+        self.others += others
         for frame in outcome.results:
             if frame.startswith(wire.FOUND_PREFIX.encode()):  # the book's result: alone
-                self.publishing.append(self._publish(frame))
+                self.others.append((self.queue, frame, persistent()))
             else:
                 self.lines.append(frame)
-        return len(self.tags) >= self.every or bool(self.publishing)
+        return len(self.tags) >= self.every or bool(self.others)
 
-    def send(self) -> asyncio.Task | None:
-        """Publish what is here; the task that acks it once confirmed, if any."""
+    def send(self) -> None:
+        """Publish what is here, to be acked once confirmed."""
         if not self.tags:
-            return None
-        publishing = self.publishing
+            return
+        messages = self.others
         if self.lines:
-            publishing.append(self._publish(wire.join(self.lines)))
-        task = asyncio.create_task(confirm_then_ack(self.acks, self.tags, publishing))
-        self.tags, self.lines, self.publishing = [], [], []
-        return task
+            messages.append((self.queue, wire.join(self.lines), persistent()))
+        publish(self.acks, self.tags, messages)
+        self.tags, self.lines, self.others = [], [], []
 
-    def _publish(self, body: bytes) -> Awaitable[bool]:
-        return self.acks.channel.basic_publish(
-            body, routing_key=self.queue, properties=persistent()
+
+def publish(acks: Acks, tags: list[int], messages: list[Message]) -> None:
+    """Publish `messages`, in order; settle the tasks `tags` once all are confirmed."""
+    settlement = Settlement(acks, tags, len(messages))
+    for queue, body, properties in messages:
+        acks.channel.basic_publish(
+            body, routing_key=queue, properties=properties, on_confirm=settlement
         )
 
 
@@ -383,14 +403,14 @@ async def handle(
     reports: Reports,
     message: amqpio.Delivery,
     options: argparse.Namespace,
-) -> asyncio.Task | None:
-    """Process one delivery; its ack waits, in a task of its own, for the confirms.
+) -> None:
+    """Process one delivery; its ack waits for the confirms of what it publishes (a
+    `Settlement`).
 
     Persistent messages are confirmed once on disk, which takes milliseconds here: the
     worker hashes its next task meanwhile (its prefetch lets the broker deliver it).
     """
     acks = reports.acks
-    channel = acks.channel
     attempts = attempts_of(message)
     tag = message.delivery_tag
     acks.take(tag)
@@ -398,22 +418,17 @@ async def handle(
         # count this delivery in a copy, then drop the original
         log.info("task redelivered (attempt %d): requeued with its count", attempts)
         copy = persistent(**{ATTEMPTS: attempts})
-        await confirm_then_ack(
-            acks,
-            [tag],
-            [channel.basic_publish(message.body, routing_key=options.tasks, properties=copy)],
-        )
-        return None
+        publish(acks, [tag], [(options.tasks, message.body, copy)])
+        return
     outcome = await work.process(message.body, attempts)
     dead_letter = []
     if outcome.dead is not None:
         letter = persistent(
             **{"x-reason": outcome.dead.reason, "x-worker": work.name, ATTEMPTS: attempts}
         )
-        dead_letter.append(
-            channel.basic_publish(message.body, routing_key=options.dead, properties=letter)
-        )
-    return reports.send() if reports.add(tag, outcome, dead_letter) else None
+        dead_letter.append((options.dead, message.body, letter))
+    if reports.add(tag, outcome, dead_letter):
+        reports.send()
 
 
 async def worker(options: argparse.Namespace) -> None:
@@ -434,16 +449,9 @@ async def worker(options: argparse.Namespace) -> None:
         every = max(1, options.prefetch // 2)
         acks = Acks(channel, every)
         reports = Reports(acks, options.results, every)
-        acking: set[asyncio.Task] = set()
-
-        def track(task: asyncio.Task | None) -> None:
-            if task is not None:
-                acking.add(task)
-                task.add_done_callback(acking.discard)
-
         while work.tally.tasks != options.exit_after:
             if not await deliveries.next(ACK_IDLE_S):  # ran out: report and ack what it can
-                track(reports.send())
+                reports.send()
                 acks.idle = True
                 acks.flush()
                 await deliveries.next()
@@ -451,9 +459,13 @@ async def worker(options: argparse.Namespace) -> None:
             if message is None:
                 raise ConnectionError(CUT)
             acks.idle = False
-            track(await handle(work, reports, message, options))
-        track(reports.send())
-        await asyncio.gather(*acking)  # done: every finished task is acked before leaving
+            await handle(work, reports, message, options)
+            # a turn of the loop between tasks: what this one published and acked goes out
+            # now, not once every delivery waiting here is done (empty tasks/s 1.13 times
+            # as many, median of 6 alternating rounds; a real task turns it as it hashes)
+            await asyncio.sleep(0)
+        reports.send()
+        await channel.wait_for_confirms()  # done: every finished task is acked before leaving
         acks.flush()
         return True
 
