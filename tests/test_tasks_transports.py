@@ -51,13 +51,15 @@ async def test_the_book_job_is_cracked_and_stops_early(transport: str, channels:
 
 
 async def test_a_worker_killed_mid_job(transport: str, channels: Channels) -> None:
-    options = {"zmq": (), "amqp": (), "streams": ("--claim-idle", "0.5")}[transport]
+    book = ("--hwm", "0")  # zmq: ZeroMQ's default queues, so PUSH deals half the job to w1
+    options = {"zmq": book, "amqp": (), "streams": ("--claim-idle", "0.5")}[transport]
     collector = (*FAST, "--idle-timeout", "2") if transport == "zmq" else FAST
     result = await run.crack(
         transport,
         channels,
         **FAULT_JOB,
         worker_options=options,
+        producer_options=book if transport == "zmq" else (),
         collector_options=collector,
         during=run.kill_worker_when(0.25),
     )
@@ -72,6 +74,24 @@ async def test_a_worker_killed_mid_job(transport: str, channels: Channels) -> No
     else:  # redelivered (AMQP) or reclaimed (XAUTOCLAIM): nothing lost
         assert result["complete"] and ledger["lost"] == 0
         assert ledger["received"] - ledger["duplicated"] == 112
+
+
+async def test_a_zmq_worker_killed_with_short_queues_loses_only_what_it_held() -> None:
+    """With the default `--hwm 1`, PUSH deals only to a worker with room: w2 takes on what
+    w1 would have queued, and w1 dies with dozens of tasks at most, not half the job."""
+    channels = unique("zmq", "test")
+    result = await run.crack(
+        "zmq",
+        channels,
+        **FAULT_JOB,
+        producer_options=("--batch-size", "1000"),  # 1,119 tasks
+        collector_options=(*FAST, "--idle-timeout", "2"),
+        during=run.kill_worker_when(0.25),
+    )
+    ledger = result["ledger"]
+    assert result["killed"] == ["w1"] and ledger["sent"] == 1_119
+    assert ledger["received"] - ledger["duplicated"] + ledger["lost"] == 1_119
+    assert ledger["lost"] < 200 and result["workers"]["w2"] > 1_119 // 2
 
 
 POISON = [b"not json", b'{"searchHash": "%s", "alphabet": "ab"}' % NODE_HASH.encode()]

@@ -25,6 +25,7 @@ from patterns.tasks import wire
 from patterns.tasks.job import BATCH_SIZE, DEFAULTS, TRANSPORTS
 from patterns.tasks.space import ALPHABET
 from patterns.tasks.work import MAX_ATTEMPTS
+from patterns.tasks.zeromq import HWM
 
 MODULES = {"zmq": "zeromq", "amqp": "amqp", "streams": "streams"}
 
@@ -48,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
     job.add_argument("--alphabet", default=ALPHABET)
     job.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     job.add_argument("--workers", type=int, default=1, help="zmq: wait for this many workers")
+    job.add_argument(
+        "--hwm",
+        type=int,
+        default=HWM,
+        help="zmq, producer and worker: tasks queued per worker connection, with 4 KiB socket"
+        " buffers (0: ZeroMQ's defaults, 1,000 and the kernel's buffers, as in the book)",
+    )
     job.add_argument(
         "--window", type=int, default=1_000, help="amqp, streams: most tasks waiting at once"
     )

@@ -340,7 +340,7 @@ class Settlement:
         self.acks.settle(self.tags, self.ok)
 
 
-Message = tuple[str, bytes, amqpio.Properties]  # routing key (the default exchange), body, ...
+Message = tuple[str, bytes, amqpio.Properties]  # queue (by the default exchange), body, properties
 
 
 class Reports:
