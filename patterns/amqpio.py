@@ -23,6 +23,7 @@ raise (an exception there takes the connection down).
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -88,9 +89,10 @@ async def connect(url: str) -> "Connection":
     raw = AsyncioConnection(parameters, on_open, on_open_error, on_close, custom_ioloop=loop)
     try:
         await opened
-    except BaseException:
+    except BaseException:  # refused, or the caller gave up waiting: no half-open socket
         if not (raw.is_closing or raw.is_closed):
-            raw.close()
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                raw.close()
         raise
     return Connection(raw, closing)
 

@@ -151,8 +151,8 @@ async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
         every = int(PREFETCH) // 2
         lines: list[bytes] = []
 
-        def ack(tag: int, last: bool, confirm: asyncio.Future[bool]) -> None:
-            if confirm.cancelled() or not confirm.result():
+        def ack(tag: int, last: bool, ok: bool) -> None:
+            if not ok:
                 return
             channel.basic_ack(tag, multiple=True)  # confirmed: every task up to this tag
             if last:
@@ -168,10 +168,12 @@ async def raw_amqp(options: argparse.Namespace) -> tuple[int, int]:
             if len(lines) < every and not last:
                 return
             body, lines[:] = b"\n".join(lines), []
-            confirm = channel.basic_publish(
-                body, routing_key=options.results, properties=amqp.persistent()
+            channel.basic_publish(  # acked as the confirm is read, as the worker does
+                body,
+                routing_key=options.results,
+                properties=amqp.persistent(),
+                on_confirm=functools.partial(ack, message.delivery_tag, last),
             )
-            confirm.add_done_callback(functools.partial(ack, message.delivery_tag, last))
 
         await channel.basic_consume(options.tasks, on_task)
         processes.report("ready")

@@ -12,13 +12,14 @@ is also where a found word stops the hashing.
 
 A return to the loop is `LOOP_TURNS` turns of it, not one. What arrived while the worker
 hashed takes a few turns to be dealt with: an AMQP confirm is read from the socket in one
-turn, wakes the task that acks in the next, and its ack frame goes out in a third, when
-the socket is writable. An AMQP worker that turned the loop only between the slices of a
-task (never, for a task of one slice) learned of its confirms tasks late, acked late, and
-ran out of deliveries with prefetch 10: in a job of 337 tasks (2-3 s) it waited for them
-0.25-0.36 s in all; with one turn before each slice 0.18-0.22 s, with two 0.12 s, with
-four not at all (measured with aiormq, whose confirms took a turn more than pika's). A
-turn with nothing to do costs a few microseconds; a slice, milliseconds.
+turn, where it settles the acks it allows, and the ack frame goes out in the next, when
+the socket is writable; the deliveries that ack lets the broker send come in later turns.
+An AMQP worker that turned the loop only between the slices of a task (never, for a task
+of one slice) learned of its confirms tasks late, acked late, and ran out of deliveries
+with prefetch 10: in a job of 337 tasks (2-3 s) it waited for them 0.25-0.36 s in all;
+with one turn before each slice 0.18-0.22 s, with two 0.12 s, with four not at all
+(measured with aiormq, whose confirms took more turns than they take now). A turn with
+nothing to do costs a few microseconds; a slice, milliseconds.
 """
 
 import asyncio
