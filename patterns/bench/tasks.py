@@ -123,7 +123,7 @@ async def raw_zmq(options: argparse.Namespace) -> tuple[int, int]:
     context = zmq.asyncio.Context()
     try:
         pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
-        zeromq.bound(pull, zeromq.HWM, "receive")  # as the worker's, by default
+        zeromq.bound(pull, zeromq.HWM)  # as the worker's, by default
         pull.connect(options.tasks)
         push.connect(options.results)
         ready = zeromq.shadow(pull)  # its synchronous twin

@@ -94,14 +94,16 @@ async def wait_for_workers(monitor: zmq.asyncio.Socket, count: int) -> None:
         log.info("%d of %d workers connected", connected, count)
 
 
-def bound(socket: zmq.Socket, hwm: int, direction: str) -> None:
-    """Limit what a task connection queues (`direction`: "send" or "receive"): `hwm` tasks
-    in ZeroMQ's queue and small kernel buffers. 0: ZeroMQ's and the kernel's defaults."""
-    if hwm:
-        if direction == "send":
-            socket.sndhwm, socket.sndbuf = hwm, QUEUE_BUFFER_BYTES
-        else:
-            socket.rcvhwm, socket.rcvbuf = hwm, QUEUE_BUFFER_BYTES
+def bound(socket: zmq.Socket, hwm: int) -> None:
+    """Limit what a task connection queues, on the side it moves tasks (a PUSH sends, a
+    PULL receives): `hwm` tasks in ZeroMQ's queue and small kernel buffers. 0: ZeroMQ's
+    and the kernel's defaults."""
+    if not hwm:
+        return
+    if socket.socket_type == zmq.PUSH:
+        socket.sndhwm, socket.sndbuf = hwm, QUEUE_BUFFER_BYTES
+    else:
+        socket.rcvhwm, socket.rcvbuf = hwm, QUEUE_BUFFER_BYTES
 
 
 def sink_and_control(
@@ -124,7 +126,7 @@ async def producer(options: argparse.Namespace) -> None:
     try:
         ventilator = context.socket(zmq.PUSH)
         ventilator.linger = -1  # close() waits until every task is handed to a worker
-        bound(ventilator, options.hwm, "send")  # before bind: its connections inherit it
+        bound(ventilator, options.hwm)  # before bind: its connections inherit it
         monitor = ventilator.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
@@ -154,7 +156,7 @@ async def worker(options: argparse.Namespace) -> None:
     context = zmq.asyncio.Context()
     try:
         from_ventilator = context.socket(zmq.PULL)
-        bound(from_ventilator, options.hwm, "receive")
+        bound(from_ventilator, options.hwm)
         from_ventilator.connect(options.tasks)
         to_sink, control = sink_and_control(context, options)
         tasks, notices = shadow(from_ventilator), shadow(control)
