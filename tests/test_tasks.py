@@ -207,6 +207,8 @@ def test_the_tracker_accounts_for_every_task_once() -> None:
     assert tracker.complete
     result = tracker.result()
     assert result["workers"] == {"w1": 2, "w2": 1} and result["skipped"] == 1
+    last = result["last_report_s"]
+    assert last.keys() == {"w1", "w2"} and 0 <= last["w2"] <= last["w1"] <= result["seconds"]
     assert result["hashed_tasks"] + result["skipped"] == 4 and result["retried"] == 1
     assert (result["duplicates"], result["malformed"], result["foreign"]) == (1, 2, 1)
     ledger = result["ledger"]

@@ -53,8 +53,8 @@ def parser() -> argparse.ArgumentParser:
         "--hwm",
         type=int,
         default=HWM,
-        help="zmq, producer and worker: tasks queued per worker connection, with 4 KiB socket"
-        " buffers (0: ZeroMQ's defaults, 1,000 and the kernel's buffers, as in the book)",
+        help="zmq, producer and worker: tasks queued per worker connection, with the smallest"
+        " socket buffers (0: ZeroMQ's defaults, 1,000 and the kernel's buffers, as in the book)",
     )
     job.add_argument(
         "--window", type=int, default=1_000, help="amqp, streams: most tasks waiting at once"

@@ -41,6 +41,7 @@ class Tracker:
         self.found_ns = 0
         self.started_ns = time.perf_counter_ns()
         self.tasks_by_worker: Counter[str] = Counter()  # tasks hashed (not skipped)
+        self.last_by_worker: dict[str, int] = {}  # when each worker's last report came, ns
         self.hashed = 0
         self.skipped = 0
         self.duplicates = 0
@@ -122,6 +123,7 @@ class Tracker:
             self.skipped += 1
         else:
             self.tasks_by_worker[report.worker] += 1
+            self.last_by_worker[report.worker] = time.perf_counter_ns()
             self.hashed += report.hashed
         if isinstance(report, wire.Done) and report.attempts > 1:
             self.retried += 1
@@ -147,6 +149,10 @@ class Tracker:
             "dead": [vars_of(d) for d in self.dead],
             "candidates": self.hashed,
             "workers": dict(sorted(self.tasks_by_worker.items())),
+            # the first worker to finish idles from its last report to the job's end
+            "last_report_s": {
+                name: round(self.seconds(ns), 3) for name, ns in sorted(self.last_by_worker.items())
+            },
             "duplicates": self.duplicates,
             "retried": self.retried,
             "malformed": self.malformed,

@@ -20,13 +20,18 @@ Short queues (`--hwm`, on the producer and the workers; 1 by default). With Zero
 defaults, as in the book, PUSH queues up to 1,000 tasks to each worker, plus what the
 kernel's socket buffers hold: a whole job is dealt out at once, half to each of two
 workers, and the job lasts as long as the slower one takes for its half. With a
-high-water mark of 1 and 4 KiB socket buffers, a worker's connection holds dozens of
-tasks at most; PUSH skips a worker whose queue is full, so the tasks go to the workers
-with room, at their pace, and a killed worker takes only what it held. On this machine's
-two cores, the job of 1,236 tasks with two workers: 4.74-5.66 s (median 4.84) against
-4.79-6.38 s (median 5.55) with the defaults, 5 alternating pairs; a worker killed a
-quarter of the way through lost 76 and 88 tasks, against 465. `--hwm 0` keeps ZeroMQ's
-and the kernel's defaults: the book's behaviour, which notebook 06 shows.
+high-water mark of 1 and the smallest socket buffers the kernel allows, a worker's
+connection holds about 33 tasks of some 160 bytes, in ZeroMQ's buffers and the kernel's;
+PUSH skips a worker whose queue is full, so the tasks go to the workers with room, at
+their pace, and a killed worker takes only what it held. On this machine's two cores,
+the job of 1,236 tasks with two workers: 4.74-5.66 s (median 4.84) against 4.79-6.38 s
+(median 5.55) with the defaults, 5 alternating pairs, with 4 KiB buffers; the smallest
+buffers then cut what a connection holds from 87 tasks to 33 and the time the first
+worker to finish waits for the other from 0.13-0.42 s (median 0.169) to 0.005-0.096 s
+(median 0.022), 5 alternating pairs, at a price paid in messaging: empty tasks/s 18%
+fewer, and the raw loop's alike (medians of 6 alternating rounds, with a round-to-round
+noise larger than that). `--hwm 0` keeps ZeroMQ's and the kernel's defaults: the book's
+behaviour, which notebook 06 shows.
 """
 
 import argparse
@@ -48,7 +53,9 @@ from patterns.tasks.work import Worker
 log = logging.getLogger("patterns.tasks.zmq")
 RESULTS_LINGER_MS = 5_000  # how long a closing socket may spend delivering what it queued
 HWM = 1  # --hwm's default: tasks queued per worker connection
-QUEUE_BUFFER_BYTES = 4_096  # with --hwm: the kernel's buffers of a task connection, each way
+# with --hwm: the kernel's buffers of a task connection, each way; Linux raises a request
+# for 1 byte to its smallest, 4,608 bytes to send and 2,304 to receive
+QUEUE_BUFFER_BYTES = 1
 # A look at the control socket that finds nothing costs about 4 us (pyzmq raises
 # zmq.Again), a tenth of all an empty task costs: a worker looks before a task only if it
 # has not looked for this long. A found word is rare, and a task takes a few ms anyway.
