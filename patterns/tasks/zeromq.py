@@ -139,13 +139,14 @@ async def producer(options: argparse.Namespace) -> None:
         )
         ventilator.bind(options.tasks)
         to_sink, control = sink_and_control(context, options)
+        notices = shadow(control)
         endpoint = ventilator.getsockopt_string(zmq.LAST_ENDPOINT)
         processes.report("ready", endpoint=endpoint, job=job.job, tasks=job.tasks)
         await wait_for_workers(monitor, options.workers)
         await to_sink.send(wire.encode(job))
         sent = 0
         for task in tasks:
-            if any(wire.cracks(notice, job.searchHash) for notice in drain(shadow(control))):
+            if any(wire.cracks(notice, job.searchHash) for notice in drain(notices)):
                 log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
                 break
             await ventilator.send(wire.encode_task(task))  # waits while every worker is full
@@ -187,9 +188,10 @@ async def worker(options: argparse.Namespace) -> None:
 
 
 async def frames(sink: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
+    ready = shadow(sink)
     while True:
         await sink.poll(flags=zmq.POLLIN)
-        yield drain(shadow(sink))
+        yield drain(ready)
 
 
 async def collector(options: argparse.Namespace) -> None:
