@@ -35,6 +35,7 @@ behaviour, which notebook 06 shows.
 """
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import time
@@ -78,6 +79,56 @@ def drain(socket: zmq.Socket, at_most: int = 1_000) -> list[bytes]:
 
 def shadow(socket: zmq.asyncio.Socket) -> zmq.Socket:
     return zmq.Socket.shadow(socket.underlying)
+
+
+class Ready:
+    """Wait until a socket can be read or written, with one reader kept on its descriptor.
+
+    `await socket.poll()` (or a send or receive that has to wait) on a `zmq.asyncio`
+    socket adds a reader to the event loop for that one wait and removes it after: here,
+    with a wait per message, 445-575 us of CPU per message received, against 195-260 us
+    with a reader kept for the socket's life (and 130-140 us for a blocking receive with
+    no event loop), 5 alternating rounds of 600 messages 4 ms apart. In a two-worker job
+    of 1,236 tasks the collector's CPU went from 0.61-0.75 s to 0.52-0.57 s, and the
+    producer's (which waits for room before most tasks) from 0.24-0.30 s to 0.16-0.18 s,
+    4 alternating pairs. Pass a
+    synchronous socket (`shadow`); nothing else may wait on its descriptor meanwhile,
+    and close this (or leave its `with` block) before the socket is closed.
+
+    The descriptor signals edges, not levels: it says "look again", and reading the
+    socket's `EVENTS` is what takes the signal (and what brings the socket's state up to
+    date), so each wake reads them even when no one waits.
+    """
+
+    def __init__(self, socket: zmq.Socket) -> None:
+        self.socket = socket
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._loop.add_reader(socket.FD, self._wake)
+
+    def _wake(self) -> None:
+        events = self.socket.get(zmq.EVENTS)
+        if self._waiter is not None and events & self._wanted and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, event: int) -> None:
+        """Until `event` (zmq.POLLIN or zmq.POLLOUT) is ready on the socket."""
+        while not self.socket.get(zmq.EVENTS) & event:
+            self._waiter, self._wanted = self._loop.create_future(), event
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.socket.FD)
+
+    def __enter__(self) -> "Ready":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 async def receive(socket: zmq.asyncio.Socket, twin: zmq.Socket) -> bytes:
@@ -145,12 +196,14 @@ async def producer(options: argparse.Namespace) -> None:
         await wait_for_workers(monitor, options.workers)
         await to_sink.send(wire.encode(job))
         sent = 0
-        for task in tasks:
-            if any(wire.cracks(notice, job.searchHash) for notice in drain(notices)):
-                log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
-                break
-            await ventilator.send(wire.encode_task(task))  # waits while every worker is full
-            sent += 1
+        with Ready(shadow(ventilator)) as room:
+            for task in tasks:
+                if any(wire.cracks(notice, job.searchHash) for notice in drain(notices)):
+                    log.info("the word is found: stopping after %d of %d tasks", sent, job.tasks)
+                    break
+                await room.wait(zmq.POLLOUT)  # while every worker's queue is full
+                room.socket.send(wire.encode_task(task), zmq.NOBLOCK)
+                sent += 1
         await to_sink.send(wire.encode(wire.Sent(job.job, sent)))
         log.info("sent %d tasks of job %s", sent, job.job)
         processes.report("result", job=job.job, sent=sent)
@@ -187,11 +240,10 @@ async def worker(options: argparse.Namespace) -> None:
         context.destroy(linger=None)
 
 
-async def frames(sink: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
-    ready = shadow(sink)
+async def frames(sink: Ready) -> AsyncIterator[list[bytes]]:
     while True:
-        await sink.poll(flags=zmq.POLLIN)
-        yield drain(ready)
+        await sink.wait(zmq.POLLIN)
+        yield drain(sink.socket)
 
 
 async def collector(options: argparse.Namespace) -> None:
@@ -210,9 +262,10 @@ async def collector(options: argparse.Namespace) -> None:
         async def broadcast(notice: wire.Cracked) -> None:
             await announcer.send(wire.encode(notice))
 
-        result = await collect(
-            frames(sink), broadcast, processes.report, options.idle_timeout, options.interval
-        )
+        with Ready(shadow(sink)) as reports:
+            result = await collect(
+                frames(reports), broadcast, processes.report, options.idle_timeout, options.interval
+            )
         processes.report("result", **result)
     finally:
         context.destroy(linger=0)
