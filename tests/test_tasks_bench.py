@@ -1,8 +1,10 @@
 """The tasks benchmark runs and prints its comparisons (its numbers are checked by running
 it on a quiet machine, never here: a timed test on a shared machine is flaky)."""
 
+import asyncio
 import json
 
+from patterns.bench.tasks import swapping
 from patterns.tasks.space import SHA1S
 from tests.conftest import bench
 
@@ -25,3 +27,16 @@ def test_the_tasks_benchmark_prints_every_comparison_per_transport() -> None:
             assert measured[key] > 0, (transport, key)
         assert measured["worker_hashes_per_s"] > 0 and measured["raw_tasks_per_s"] > 0
         assert set(measured["worker_sha1"].split("/")) <= set(SHA1S)  # the one it timed faster
+
+
+def test_paired_rounds_swap_which_side_goes_first() -> None:
+    """A machine that drifts faster or slower over a round favours neither side."""
+    order: list[str] = []
+
+    async def side(name: str) -> str:
+        order.append(name)
+        return name
+
+    firsts, seconds = asyncio.run(swapping(3, lambda: side("one"), lambda: side("two")))
+    assert firsts == ["one"] * 3 and seconds == ["two"] * 3
+    assert order == ["one", "two", "two", "one", "one", "two"]

@@ -2,7 +2,10 @@
 
 Per transport (zmq, amqp, streams), three comparisons, each made of rounds that alternate
 the two sides (so the load of a shared machine falls on both alike) and summarised by
-the median of the per-round ratios:
+the median of the per-round ratios. In the speedup's and the overhead's rounds, and the
+ceiling's, the two sides swap places every other round (one, two; then two, one): this
+machine's speed drifts by more than the targets' margins over a round of 10-15 s, and
+a drift then favours each side in half the rounds instead of one side in all of them.
 
 * hashing: one worker cracks a job whose word is not in the space (every candidate is
   hashed), measured inside the worker from its first task to its last (with AMQP and
@@ -41,7 +44,8 @@ import json
 import os
 import statistics
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import zmq
@@ -53,6 +57,7 @@ from patterns.tasks.job import TRANSPORTS, Channels, unique
 from patterns.tasks.run import cleanup, crack
 from patterns.tasks.space import ALPHABET, SHA1S, batches, search_space, word_at
 
+T = TypeVar("T")
 NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
 TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
 PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entries per read)
@@ -372,6 +377,23 @@ async def overhead_round(transport: str, count: int, ours: bool) -> float:
         await cleanup(transport, channels)
 
 
+async def swapping(
+    rounds: int, first: Callable[[], Awaitable[T]], second: Callable[[], Awaitable[T]]
+) -> tuple[list[T], list[T]]:
+    """`rounds` measurements of each side, one pair per round, taken first-second in even
+    rounds and second-first in odd ones."""
+    firsts: list[T] = []
+    seconds: list[T] = []
+    for n in range(rounds):
+        if n % 2:
+            seconds.append(await second())
+            firsts.append(await first())
+        else:
+            firsts.append(await first())
+            seconds.append(await second())
+    return firsts, seconds
+
+
 async def measure(transport: str, quick: bool) -> dict[str, Any]:
     rounds = ROUNDS[quick]
     alphabet = ALPHABETS[quick]
@@ -392,17 +414,15 @@ async def measure(transport: str, quick: bool) -> dict[str, Any]:
         cpu_ratios.append(reference["cpu_seconds"] / worker["cpu_seconds"])
     # the speedup needs a job long against its fixed costs (start, last stragglers)
     speedup_alphabet = alphabet if quick else ALPHABET  # full: 12,356,630 candidates
-    speedups, one, two = [], [], []
-    for _ in range(rounds):
-        one.append(await job_seconds(transport, speedup_alphabet, max_length, 1))
-        two.append(await job_seconds(transport, speedup_alphabet, max_length, 2))
-        speedups.append(one[-1] / two[-1])
+    job = functools.partial(job_seconds, transport, speedup_alphabet, max_length)
+    one, two = await swapping(rounds, lambda: job(1), lambda: job(2))
+    speedups = [a / b for a, b in zip(one, two, strict=True)]
     count = EMPTY_TASKS[transport] // (4 if quick else 1)
-    overhead_ratios, ours_tasks, raw_tasks = [], [], []
-    for _ in range(rounds):
-        ours_tasks.append(await overhead_round(transport, count, ours=True))
-        raw_tasks.append(await overhead_round(transport, count, ours=False))
-        overhead_ratios.append(ours_tasks[-1] / raw_tasks[-1])
+    empty = functools.partial(overhead_round, transport, count)
+    ours_tasks, raw_tasks = await swapping(
+        rounds, lambda: empty(ours=True), lambda: empty(ours=False)
+    )
+    overhead_ratios = [a / b for a, b in zip(ours_tasks, raw_tasks, strict=True)]
     median = statistics.median
     result = {
         "candidates": search_space(len(alphabet), max_length),
@@ -430,12 +450,12 @@ async def ceiling(quick: bool) -> dict[str, Any]:
     On a virtual machine the two cores may share one physical core's execution units (or
     a busy host's), so two CPU-bound processes need not run twice as fast as one.
     """
-    alphabet = ALPHABETS[quick]
-    ratios, one, two = [], [], []
-    for _ in range(ROUNDS[quick]):
-        one.append((await plain_round(alphabet, MAX_LENGTH, loops=1))["hashes_per_s"])
-        two.append((await plain_round(alphabet, MAX_LENGTH, loops=2))["hashes_per_s"])
-        ratios.append(two[-1] / one[-1])
+
+    async def loops(count: int) -> float:
+        return (await plain_round(ALPHABETS[quick], MAX_LENGTH, loops=count))["hashes_per_s"]
+
+    one, two = await swapping(ROUNDS[quick], lambda: loops(1), lambda: loops(2))
+    ratios = [b / a for a, b in zip(one, two, strict=True)]
     return {
         "one_loop_hashes_per_s": round(statistics.median(one)),
         "two_loops_hashes_per_s": round(statistics.median(two)),
