@@ -91,9 +91,10 @@ class Ready:
     no event loop), 5 alternating rounds of 600 messages 4 ms apart. In a two-worker job
     of 1,236 tasks the collector's CPU went from 0.61-0.75 s to 0.52-0.57 s, and the
     producer's (which waits for room before most tasks) from 0.24-0.30 s to 0.16-0.18 s,
-    4 alternating pairs. Pass a
-    synchronous socket (`shadow`); nothing else may wait on its descriptor meanwhile,
-    and close this (or leave its `with` block) before the socket is closed.
+    4 alternating pairs.
+
+    Pass a synchronous socket (`shadow`); nothing else may wait on its descriptor
+    meanwhile, and close this (or leave its `with` block) before the socket is closed.
 
     The descriptor signals edges, not levels: it says "look again", and reading the
     socket's `EVENTS` is what takes the signal (and what brings the socket's state up to
