@@ -8,8 +8,8 @@ producer can cut it into batches of consecutive indexes without listing a single
 `crack` is the CPU-bound part of the whole course. Hashing a word costs a few hundred
 nanoseconds, so turning each index into a word from scratch (a few divisions) would
 cost as much again: instead it walks the batch in runs that share every letter but the
-last, hashes the shared prefix once and, for each last letter, copies that hash state
-and feeds it one letter.
+last two, hashes the shared stem once and, for each ending of two letters, copies that
+hash state and feeds it the ending.
 
 Two SHA-1s give the same digests: OpenSSL's (`hashlib.sha1`) and, in most CPython builds,
 CPython's own (`_sha1`). For words this short a hash's cost is mostly setting it up and
@@ -122,10 +122,12 @@ def _scan(
 ) -> str | None:
     """Hash the words of `length` letters numbered lo..hi (from 0, in alphabetical order).
 
-    A word is a stem (all letters but the last two), a second-last letter and a last one.
-    The stem is hashed once; each second-last letter once, on a copy of the stem's state;
-    each word costs one more copy and one letter. Only the first and the last run of last
-    letters can be partial; every run between them is the whole alphabet.
+    A word is a stem (all letters but the last two) and an ending (the last two). The stem
+    is hashed once; each word costs a copy of the stem's state and an update with its
+    ending. Hashing the second-last letter once per run of last letters instead, and
+    copying that, costs one more copy and update per run than it saves: with 20 letters,
+    3.15-3.18 million words/s against 3.28-3.33 million this way, 3 alternating rounds
+    each in two runs. Only the first and the last stem's endings can be partial.
     """
     base = len(letters)
     if length == 1:
@@ -133,24 +135,20 @@ def _scan(
             if sha1(letter).digest() == search_digest:
                 return letter.decode()
         return None
-    first, last = lo // base, hi // base  # the prefixes (all letters but the last) to visit
-    for stem_number in range(first // base, last // base + 1):
+    width = base * base  # endings per stem
+    endings = [second + last for second in letters for last in letters]
+    for stem_number in range(lo // width, hi // width + 1):
         stem_letters = _spell(stem_number, length - 2, letters)
-        stem = sha1(stem_letters)
-        prefix = stem_number * base  # the prefix number of the stem's first second-last letter
-        for second in range(max(first - prefix, 0), min(last - prefix, base - 1) + 1):
-            shared = stem.copy()
-            shared.update(letters[second])
-            copy = shared.copy
-            run = letters
-            if prefix + second in (first, last):
-                offset = (prefix + second) * base
-                run = letters[max(lo - offset, 0) : min(hi - offset, base - 1) + 1]
-            for letter in run:
-                state = copy()
-                state.update(letter)
-                if state.digest() == search_digest:
-                    return (stem_letters + letters[second] + letter).decode()
+        copy = sha1(stem_letters).copy
+        offset = stem_number * width  # the number of the stem's first word
+        run = endings
+        if offset < lo or offset + width - 1 > hi:
+            run = endings[max(lo - offset, 0) : hi - offset + 1]
+        for ending in run:
+            state = copy()
+            state.update(ending)
+            if state.digest() == search_digest:
+                return (stem_letters + ending).decode()
     return None
 
 
