@@ -131,9 +131,8 @@ def together(count: int, alphabet: str, max_length: int, batch_size: int) -> dic
 
 
 def raw_result(task: dict[str, Any]) -> bytes:
-    """The report the worker sends for an empty task, field for field and byte for byte as
-    long, put together the plain way: the broker stores and carries as much as it does
-    for the worker's."""
+    """What the worker reports for an empty task, the same fields and as many bytes, put
+    together the plain way: the broker stores and carries as much for either side."""
     report = {
         "worker": "raw",
         "job": task.get("job"),
