@@ -60,6 +60,7 @@ from patterns.tasks.space import ALPHABET, SHA1S, batches, search_space, word_at
 
 T = TypeVar("T")
 NOWHERE = hashlib.sha1(b"not in the space").hexdigest()
+EMPTY_TASK = wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty"))  # batch 1..0: no word
 TARGETS = {"hash_ratio": 0.9, "speedup": 1.7, "overhead_ratio": 0.9}
 PREFETCH = "10"  # the worker's default (AMQP: unacked tasks held; Streams: entries per read)
 ROUNDS = {True: 2, False: 7}  # --quick is the test suite's smoke run: its numbers mean little
@@ -321,7 +322,7 @@ async def job_seconds(transport: str, alphabet: str, max_length: int, workers: i
 
 async def empty_tasks(transport: str, channels: Channels, count: int) -> None:
     """Queue `count` tasks with nothing to hash (amqp, streams)."""
-    bodies = [wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty")) for _ in range(count)]
+    bodies = [EMPTY_TASK] * count
     if transport == "amqp":
         connection = await amqpio.connect(config.AMQP_URL)
         try:
@@ -386,9 +387,8 @@ async def overhead_round(transport: str, count: int, ours: bool) -> float:
                         await sink.recv()
 
                 draining = asyncio.create_task(drain())
-                body = wire.encode_task(wire.Task(NOWHERE, "ab", 1, 0, "empty"))
                 for _ in range(count):
-                    await tasks.send(body)
+                    await tasks.send(EMPTY_TASK)
             result = await child.next_report("result")
             if transport == "zmq":
                 draining.cancel()
