@@ -6,6 +6,8 @@ this machine, in `compose.yaml`, or anywhere else a reader points it:
     REDIS_URL       default redis://127.0.0.1:6379/0
     AMQP_URL        default amqp://guest:guest@127.0.0.1:5672/
     PATTERNS_SCALE  "full" (a reader's run) or "small" (the test suite's run)
+    PATTERNS_GIVE_UP_AFTER  seconds a process waits for a broker that does not answer
+                    before it exits (default 60; "inf": for ever)
 """
 
 import os
@@ -16,6 +18,8 @@ T = TypeVar("T")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+GIVE_UP_AFTER_S = float(os.environ.get("PATTERNS_GIVE_UP_AFTER", "60"))
 
 SCALES = ("full", "small")
 SCALE = os.environ.get("PATTERNS_SCALE", "full")
