@@ -26,8 +26,10 @@ import ctypes
 import importlib.util
 import json
 import os
+import random
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -258,6 +260,23 @@ def _stop_all_at_exit() -> None:
             child.process.wait(max(0.0, deadline - time.monotonic()))
         child.kill(signal.SIGKILL)
         child.process.wait()
+
+
+def free_port() -> int:
+    """A free loopback TCP port, for a ZeroMQ PUB socket its peers must know in advance.
+
+    Taken below the kernel's ephemeral range (32768-60999 on Linux): peers connect to it
+    before it is bound, and a client that keeps connecting to an unbound ephemeral port can
+    be given that very port as its own source port and connect to itself.
+    """
+    while True:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 # ---- the child's side -------------------------------------------------------------------

@@ -5,32 +5,13 @@ on a topic of their own (a channel, exchange or stream name) so they never mix w
 a reader runs on the book's defaults.
 """
 
-import random
-import socket
 from pathlib import Path
 
 import aiormq
 import redis.asyncio as aioredis
 
 from patterns import config, processes
-from patterns.processes import Child
-
-
-def free_port() -> int:
-    """A free loopback TCP port, for a ZeroMQ PUB socket its peers must know in advance.
-
-    Taken below the kernel's ephemeral range (32768-60999 on Linux): peers connect to it
-    before it is bound, and a client that keeps connecting to an unbound ephemeral port can
-    be given that very port as its own source port and connect to itself.
-    """
-    while True:
-        port = random.randrange(20_000, 32_000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+from patterns.processes import Child, free_port
 
 
 async def start(

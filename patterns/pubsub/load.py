@@ -30,7 +30,6 @@ import aiohttp
 import zmq.asyncio
 
 from patterns import config, processes
-from patterns.chat.instances import free_port
 from patterns.fundamentals.oneway import send as send_probes
 from patterns.measure import (
     DeliveryLedger,
@@ -42,6 +41,7 @@ from patterns.measure import (
 )
 from patterns.measure.live import LivePlot
 from patterns.messages import MalformedMessage
+from patterns.processes import free_port
 from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
 
 TRANSPORTS = ("redis", "zmq", "amqp", "streams")

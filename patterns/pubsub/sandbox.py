@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 
-from patterns.chat.instances import free_port
+from patterns.processes import free_port
 
 READY_LINE = b"Ready to accept connections"
 
