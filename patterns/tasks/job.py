@@ -1,6 +1,6 @@
 """A job, and the channels it travels on.
 
-The defaults are the book's names and ports (see WIRE.md), so its Node.js samples and
+The defaults are the book's names and ports (docs/wire.md), so its Node.js samples and
 these programs interoperate; a test or a notebook run uses `unique` channels instead, so
 it never meets a reader's job or another run.
 """
@@ -19,37 +19,43 @@ BATCH_SIZE = 10_000
 @dataclass(frozen=True)
 class Channels:
     tasks: str  # zmq: the producer's PUSH endpoint; amqp: a queue; streams: a stream
-    results: str  # zmq: the collector's PULL endpoint; amqp: a queue; streams: a stream
+    results: str  # the book's `Found: <word>`. zmq: the collector's PULL endpoint; amqp: a queue
     control: str  # zmq: the collector's PUB endpoint; amqp: a fanout exchange; streams: a stream
+    reports: str  # our reports (job, sent, done, dead). zmq: a second collector endpoint
     dead: str = ""  # amqp: the dead-letter queue; streams: the dead-letter stream
     group: str = ""  # streams: the workers' consumer group
 
     def options(self) -> list[str]:
         """The command-line options that name these channels."""
-        names = ("tasks", "results", "control", "dead", "group")
+        names = ("tasks", "results", "control", "reports", "dead", "group")
         return [arg for n in names if getattr(self, n) for arg in (f"--{n}", getattr(self, n))]
 
 
 DEFAULTS = {
-    "zmq": Channels("tcp://127.0.0.1:5016", "tcp://127.0.0.1:5017", "tcp://127.0.0.1:5018"),
-    "amqp": Channels("tasks_queue", "results_queue", "tasks_control", "tasks_queue.dead"),
+    "zmq": Channels(*(f"tcp://127.0.0.1:{port}" for port in (5016, 5017, 5018, 5019))),
+    "amqp": Channels(
+        "tasks_queue", "results_queue", "tasks_control", "tasks_reports", "tasks_queue.dead"
+    ),
     "streams": Channels(
-        "tasks_stream", "results_stream", "tasks_control", "tasks_stream.dead", "workers_group"
+        "tasks_stream",
+        "results_stream",
+        "tasks_control",
+        "tasks_reports",
+        "tasks_stream.dead",
+        "workers_group",
     ),
 }
 TRANSPORTS = tuple(DEFAULTS)
+NAMED = ("tasks", "results", "control", "reports", "dead")
 
 
 def unique(transport: str, label: str = "run") -> Channels:
     """Channels of this run only: free ports (zmq), or names with a random suffix."""
     if transport == "zmq":
-        return Channels(*["tcp://127.0.0.1:0"] * 3)
+        return Channels(*["tcp://127.0.0.1:0"] * 4)
     suffix = f"{label}.{uuid.uuid4().hex[:12]}"
     defaults = DEFAULTS[transport]
-    return replace(
-        defaults,
-        **{n: f"{getattr(defaults, n)}.{suffix}" for n in ("tasks", "results", "control", "dead")},
-    )
+    return replace(defaults, **{n: f"{getattr(defaults, n)}.{suffix}" for n in NAMED})
 
 
 def plan(

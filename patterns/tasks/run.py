@@ -10,11 +10,9 @@ reports with the running `Crew`: that is where a fault demo kills a worker mid-j
 """
 
 import asyncio
-import atexit
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -22,8 +20,7 @@ from matplotlib.figure import Figure
 
 from patterns import processes
 from patterns.measure.live import LivePlot
-from patterns.tasks import amqp, streams
-from patterns.tasks.job import DEFAULTS, Channels, unique
+from patterns.tasks.job import Channels
 from patterns.tasks.space import ALPHABET
 
 MODULE = "patterns.tasks"
@@ -107,8 +104,9 @@ async def crack(
         collector = await start("collector", *channels.options(), *collector_options)
         crew = Crew(transport, channels, collector)
         if transport == "zmq":  # the producer binds; workers connect to it and to the sink
+            sink = collector.ready
             channels = Channels(
-                "tcp://127.0.0.1:0", collector.ready["results"], collector.ready["control"]
+                "tcp://127.0.0.1:0", sink["results"], sink["control"], sink["reports"]
             )
             early = workers - late_workers
             crew.producer = await start(
@@ -119,7 +117,7 @@ async def crack(
                 str(early),
                 *producer_options,
             )
-            channels = Channels(crew.producer.ready["endpoint"], channels.results, channels.control)
+            channels = replace(channels, tasks=crew.producer.ready["endpoint"])
             await start_workers(early, 1, channels)
         else:
             await start_workers(workers - late_workers, 1, channels)
@@ -143,32 +141,6 @@ async def crack(
             elif report["event"] == "result":
                 return report | {"found_report": found, "killed": crew.killed}
         raise processes.ChildFailed(f"the collector ended without a result:\n{collector.log()}")
-
-
-def private_channels(transport: str, label: str) -> Channels:
-    """Channels of this notebook run only, deleted when the process exits if not before.
-
-    A notebook deletes them in its last cell; if a cell fails first, or the reader stops
-    half-way, they are deleted when the kernel shuts down.
-    """
-    channels = unique(transport, label)
-    atexit.register(_cleanup_now, transport, channels)
-    return channels
-
-
-def _cleanup_now(transport: str, channels: Channels) -> None:
-    with contextlib.suppress(Exception):  # at exit, a broker that is gone is no error
-        asyncio.run(cleanup(transport, channels))
-
-
-async def cleanup(transport: str, channels: Channels) -> None:
-    """Delete what a run with these (unique) channels left on the broker."""
-    if channels in DEFAULTS.values():
-        raise ValueError("the book's channels may be in use by someone else: not deleted")
-    if transport == "amqp":
-        await amqp.delete(channels)
-    elif transport == "streams":
-        await streams.delete(channels)
 
 
 def tasks_plot(title: str) -> LivePlot:

@@ -1,67 +1,52 @@
-"""What travels: tasks, results, and the reports that let a collector account for a job.
+"""What travels: the book's tasks and results, and the reports that account for a job.
 
 A task is the book's JSON object, unchanged, so the book's Node.js producers feed our
-workers and ours feed theirs:
+workers and ours feed theirs (docs/wire.md):
 
     {"searchHash": "f8e9...9a3b", "alphabet": "ab...z", "batchStart": 1, "batchEnd": 10000}
 
-A found word is the book's text `Found: node`. Everything else is ours, JSON objects with
-a "type", on the same results channel (a book collector just prints them):
+A found word is the book's text `Found: node`, on the results channel. Everything else is
+ours: JSON objects with a "type", on a reports channel of their own, so a book collector
+on the results channel sees only what it expects:
 
 * `job`: the producer announces a job (its id, how many tasks) before its first task;
 * `sent`: the producer says how many tasks it sent in the end (fewer if the job stopped early);
 * `done`: a worker finished a task (hashed it, or skipped it because the word was found);
 * `dead`: a worker set a task aside (a dead letter) and says why;
-* `cracked`: the collector's notice to workers and producer that a job's word is found.
+* `cracked`: the collector's notice, on the control channel, that a job's word is found.
 
 Our producer adds `"job": <id>` to each task; a worker echoes it in its reports, so a
-collector tells this job's reports from leftovers of another. Book tasks have no job id;
-decoding accepts both, and ignores fields it does not know.
+collector tells this job's reports from leftovers of another.
+
+Decoding is where bad input stops. `decode_task` and `decode_report` raise `MalformedTask`
+or `MalformedMessage` for *anything* wrong with the bytes, whatever the parser raised
+(a 5,000-digit integer makes `json.loads` raise a plain ValueError), and they check the
+bounds that make a task finite before any work starts: an alphabet of 2 to `MAX_ALPHABET`
+distinct letters, at most `MAX_BATCH` candidates, words of at most `MAX_WORD_LENGTH`.
 """
 
-import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from patterns.messages import MalformedMessage
+from patterns.tasks.space import search_space
 
 FOUND_PREFIX = "Found: "
-MAX_BATCH = 10_000_000  # candidates per task: a bigger one is refused, not hashed for hours
+MAX_BYTES = 4_096  # a task or a report is a few hundred bytes; longer is refused unread
+MAX_BATCH = 10_000_000  # candidates per task: seconds of hashing, not hours
+MAX_WORD_LENGTH = 16  # the longest candidate a task may name
+MAX_ALPHABET = 256
 HEX_SHA1 = re.compile(r"[0-9a-f]{40}")
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """`json.dumps(obj, separators=(",", ":"), ensure_ascii=False)`, set up once.
-
-    json.dumps with options builds a JSONEncoder per call, and JSONEncoder.encode builds
-    its C encoder (json.encoder.c_make_encoder) per call: together most of what encoding a
-    worker's report costs. Here the C encoder is built once and kept. It is made without
-    a check for circular references: every message here is a flat object.
-    """
-    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-    try:
-        make = json.encoder.c_make_encoder(  # the arguments JSONEncoder.iterencode gives it
-            None, encoder.default, json.encoder.encode_basestring, None, ":", ",",
-            False, False, True,
-        )  # fmt: skip
-    except TypeError:  # no C accelerator (it is None), or another signature: the slow way
-        return encoder.encode
-    return lambda obj: "".join(make(obj, 0))
-
-
-_to_json = _compact_encoder()
-
-
 class MalformedTask(MalformedMessage):
-    """Not a task; `str(error)` says why (it becomes the dead letter's reason)."""
+    """Not a task, or one out of bounds; `str(error)` says why (the dead letter's reason)."""
 
 
-# The messages are dataclasses with slots, not frozen ones: a frozen dataclass sets each
-# field through object.__setattr__, five times as slow, and a worker makes two per task.
 @dataclass(slots=True)
 class Task:
     search_hash: str
@@ -75,6 +60,10 @@ class Task:
         return max(0, self.batch_end - self.batch_start + 1)
 
 
+def dumps(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def encode_task(task: Task) -> bytes:
     fields: dict[str, Any] = {
         "searchHash": task.search_hash,
@@ -84,61 +73,63 @@ def encode_task(task: Task) -> bytes:
     }
     if task.job is not None:
         fields["job"] = task.job
-    return _to_json(fields).encode()
+    return dumps(fields)
 
 
-# Every task of a job carries the same searchHash and alphabet: each is checked once per
-# job (the last few are remembered), not once per task.
-@functools.lru_cache(maxsize=64)
-def _search_hash(search_hash: str) -> str:
-    """The searchHash lower-cased, if it is one."""
-    if not HEX_SHA1.fullmatch(search_hash.lower()):
-        raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r}")
-    return search_hash.lower()
-
-
-@functools.lru_cache(maxsize=64)
-def _alphabet(alphabet: str) -> str:
-    if not alphabet or len(set(alphabet)) != len(alphabet):
-        raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r}")
-    return alphabet
+def _object(data: bytes | str) -> dict[str, Any]:
+    """The JSON object in `data`, or MalformedMessage whatever went wrong."""
+    if len(data) > MAX_BYTES:
+        raise MalformedMessage(f"{len(data):,} bytes, over the {MAX_BYTES:,}-byte limit")
+    try:  # UTF-8 (docs/wire.md): decoded here, else json.loads would guess the encoding
+        value = json.loads(data.decode() if isinstance(data, bytes | bytearray) else data)
+    except Exception as error:  # UnicodeDecodeError, JSONDecodeError, and ValueError for
+        raise MalformedMessage(f"not JSON: {error}") from None  # a huge integer, and more
+    if type(value) is not dict:
+        raise MalformedMessage(f"a JSON object is expected, not {type(value).__name__}")
+    return value
 
 
 def decode_task(data: bytes | str) -> Task:
     """The task in `data`, or `MalformedTask` naming the first problem found."""
-    try:  # UTF-8 (WIRE.md): decoded here, json.loads would first guess the encoding
-        fields = json.loads(data.decode() if isinstance(data, bytes) else data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MalformedTask(f"not JSON: {error}") from None
-    if type(fields) is not dict:
-        raise MalformedTask(f"a task is a JSON object, not {type(fields).__name__}")
+    try:
+        fields = _object(data)
+    except MalformedMessage as error:
+        raise MalformedTask(str(error)) from None
     try:
         search_hash, alphabet = fields["searchHash"], fields["alphabet"]
         start, end = fields["batchStart"], fields["batchEnd"]
     except KeyError as error:
         raise MalformedTask(f"missing field {error.args[0]}") from None
-    if type(search_hash) is not str:  # (unhashable, as a list is: no cache for it)
-        raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r}")
-    search_hash = _search_hash(search_hash)
-    if type(alphabet) is not str:
-        raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r}")
-    alphabet = _alphabet(alphabet)
+    if type(search_hash) is not str or not HEX_SHA1.fullmatch(search_hash.lower()):
+        raise MalformedTask(f"searchHash must be 40 hex digits, not {search_hash!r:.60}")
+    if type(alphabet) is not str or not 2 <= len(alphabet) <= MAX_ALPHABET:
+        raise MalformedTask(f"alphabet must be 2 to {MAX_ALPHABET} letters, not {alphabet!r:.60}")
+    if len(set(alphabet)) != len(alphabet):
+        raise MalformedTask(f"alphabet must be distinct letters, not {alphabet!r:.60}")
     for name, value in (("batchStart", start), ("batchEnd", end)):
         if type(value) is not int:  # bool is an int subclass: refuse it too
-            raise MalformedTask(f"{name} must be an integer, not {value!r}")
+            raise MalformedTask(f"{name} must be an integer, not {value!r:.60}")
     if start < 1 or end < start - 1:  # end == start - 1 is an empty batch
         raise MalformedTask(f"batch {start}..{end} is not a range of indexes from 1")
     if end - start + 1 > MAX_BATCH:
         raise MalformedTask(f"batch of {end - start + 1:,} candidates is over {MAX_BATCH:,}")
+    if end > search_space(len(alphabet), MAX_WORD_LENGTH):
+        raise MalformedTask(f"batch {start}..{end} names words over {MAX_WORD_LENGTH} letters")
     job = fields.get("job")
-    if job is not None and type(job) is not str:
-        raise MalformedTask(f"job must be a string, not {job!r}")
-    return Task(search_hash, alphabet, start, end, job)
+    if job is not None and (type(job) is not str or len(job) > 100):
+        raise MalformedTask(f"job must be a string of at most 100 characters, not {job!r:.60}")
+    return Task(search_hash.lower(), alphabet, start, end, job)
 
 
 def found(word: str) -> bytes:
     """The book's result text."""
     return f"{FOUND_PREFIX}{word}".encode()
+
+
+def found_word(data: bytes) -> str | None:
+    """The word of a `Found: <word>` result, or None if `data` is not one."""
+    text = data.decode(errors="replace")
+    return text[len(FOUND_PREFIX) :] if text.startswith(FOUND_PREFIX) else None
 
 
 def sha1_hex(word: str) -> str:
@@ -221,76 +212,43 @@ REPORTS: dict[str, type] = {
 
 
 def encode(report: Report) -> bytes:
-    if type(report) is Done:
-        return _encode_done(report)
-    fields = {name: getattr(report, name) for name in report.__dataclass_fields__}
-    return _to_json(fields).encode()
+    return dumps(asdict(report))
 
 
-_string = json.encoder.encode_basestring  # a JSON string, non-ASCII kept (ensure_ascii=False)
+def _allowed(annotation: Any) -> tuple[type, ...]:
+    """The exact types a field admits (no bool for an int; an int for a float)."""
+    admitted = typing.get_args(annotation) or (annotation,)
+    return tuple(t for a in admitted for t in ((int, float) if a is float else (a,)))
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else _string(value)
-
-
-def _encode_done(done: Done) -> bytes:
-    """`done` as compact JSON, written out field by field: a worker sends one per task,
-    and this is a third of what the general way costs (a dict of its ten fields, then the
-    C encoder: 1.9 us here, against 0.6). The same bytes as compact json.dumps (tests say
-    so) for the declared types; a str field takes a str (or None where None is allowed) and
-    an int field an int (`:d`), anything else is refused with TypeError or ValueError (a
-    bool in an int field passes as 1 or 0, which the collector reads as the int it is)."""
-    return (
-        f'{{"worker":{_string(done.worker)},"job":{_text(done.job)},'
-        f'"searchHash":{_string(done.searchHash)},"batchStart":{done.batchStart:d},'
-        f'"batchEnd":{done.batchEnd:d},"hashed":{done.hashed:d},"found":{_text(done.found)},'
-        f'"skipped":{"true" if done.skipped else "false"},"attempts":{done.attempts:d},'
-        f'"type":"done"}}'
-    ).encode()
-
-
-INTEGERS = {  # the fields of each report that a collector counts or computes with
-    "job": ("maxLength", "batchSize", "tasks"),
-    "sent": ("tasks",),
-    "done": ("batchStart", "batchEnd", "hashed", "attempts"),
-    "dead": ("attempts",),
-}
-
-
-def decode(data: bytes | str) -> Report | str:
-    """A report, or the word of a `Found: <word>` text; `MalformedMessage` for anything else."""
-    text = data.decode(errors="replace") if isinstance(data, bytes | bytearray) else data
-    if text.startswith(FOUND_PREFIX):
-        return text[len(FOUND_PREFIX) :]
-    try:
-        fields = json.loads(text)
-        kind = fields.pop("type")
-        if not all(type(fields.get(name, 0)) is int for name in INTEGERS.get(kind, ())):
-            raise TypeError("a count or an index that is not an integer")
-        return REPORTS[kind](**fields)
-    except (json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError):
-        raise MalformedMessage(f"not a result or report: {text[:60]!r}") from None
-
-
-def join(reports: list[bytes]) -> bytes:
-    """Several reports in one message: one JSON object per line (JSON Lines). A report has
-    no newline of its own: json.dumps writes one inside a string as \\n."""
-    return b"\n".join(reports)
-
-
-def split(message: bytes) -> list[bytes]:
-    """The reports in one message of the results channel: one, or one per line (`join`).
-    Only JSON is split: a `Found: <word>` text is always a message of its own."""
-    if message.startswith(b"{") and b"\n" in message:
-        return message.split(b"\n")
-    return [message]
+def decode_report(data: bytes | str) -> Report:
+    """A report, or `MalformedMessage` for anything else: every field of the right type
+    (a count is an int, never a bool), nothing negative, a batch size of at least 1."""
+    fields_in = _object(data)
+    kind = REPORTS.get(fields_in.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise MalformedMessage(f"not a report: {fields_in.get('type')!r:.40}")
+    values = {}
+    for field in fields(kind):
+        if field.name == "type":
+            continue
+        if field.name not in fields_in:
+            if field.default is MISSING:
+                raise MalformedMessage(f"a {kind.__name__} report without {field.name}")
+            continue
+        value = fields_in[field.name]
+        if type(value) not in _allowed(field.type) or (type(value) is int and value < 0):
+            raise MalformedMessage(f"{field.name} of a {kind.__name__} report is {value!r:.40}")
+        values[field.name] = value
+    if kind is Job and values["batchSize"] < 1:
+        raise MalformedMessage(f"batchSize of a Job report is {values['batchSize']}")
+    return kind(**values)
 
 
 def cracks(data: bytes, search_hash: str) -> bool:
     """Is `data` a notice that the word of `search_hash` is found?"""
     try:
-        notice = decode(data)
+        notice = decode_report(data)
     except MalformedMessage:
         return False
     return isinstance(notice, Cracked) and notice.searchHash == search_hash

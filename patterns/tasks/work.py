@@ -1,25 +1,17 @@
 """What a worker does with one task, whatever carried it: the transports only move bytes.
 
-Hashing is CPU-bound and the worker is a process of its own, so it uses one core fully.
-It still runs an event loop beside the hashing: it must keep its broker connection alive
-(AMQP heartbeats, reconnects), hear that the word was found elsewhere, and stop cleanly
-on SIGTERM. So a task is hashed in slices of `SLICE` candidates (a task of the book's
-batch size is one slice, a few milliseconds), with a return to the event loop before
-each slice. A thread would not help here: hashlib keeps the GIL for inputs this
-short (it lets go only above 2 KiB), so a hashing thread would not run beside the loop
-anyway, and it would cost a hop per task and a stop flag of its own; a slice boundary
-is also where a found word stops the hashing.
+`Worker.process(body, attempts)` decodes the task, hashes it and says what to publish: the
+book's `Found: <word>` if the word is in the batch, and our report (`done`, or `dead`
+with the reason if the task is set aside). It never raises for a bad task: whatever is
+wrong with the bytes, the bounds or the hashing itself ends as a dead letter, and the
+worker goes on with the next one.
 
-A return to the loop is `LOOP_TURNS` turns of it, not one. What arrived while the worker
-hashed takes a few turns to be dealt with: an AMQP confirm is read from the socket in one
-turn, where it settles the acks it allows, and the ack frame goes out in the next, when
-the socket is writable; the deliveries that ack lets the broker send come in later turns.
-An AMQP worker that turned the loop only between the slices of a task (never, for a task
-of one slice) learned of its confirms tasks late, acked late, and ran out of deliveries
-with prefetch 10: in a job of 337 tasks (2-3 s) it waited for them 0.25-0.36 s in all;
-with one turn before each slice 0.18-0.22 s, with two 0.12 s, with four not at all
-(measured with aiormq, whose confirms took more turns than they take now). A turn with
-nothing to do costs a few microseconds; a slice, milliseconds.
+Hashing is CPU-bound and the worker is a process of its own, so it uses one core. It still
+runs an event loop beside the hashing, to keep its broker connection alive (heartbeats,
+reconnects, acks), hear that the word was found elsewhere and stop on SIGTERM. So a task
+is hashed in slices of `SLICE` candidates (a few milliseconds each) with a turn of the
+loop before each; a slice boundary is also where a found word stops the hashing, and
+where a task that has run for longer than `budget_s` is given up ("too long").
 """
 
 import asyncio
@@ -28,24 +20,34 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from patterns.messages import MalformedMessage
 from patterns.tasks import wire
 from patterns.tasks.space import crack, index_of, word_sha1
 
-SLICE = 10_000  # candidates per slice: 2-8 ms of hashing here between two looks at the loop
+SLICE = 10_000  # candidates between two turns of the event loop: a few ms of hashing
 REMEMBERED = 1_000  # cracked hashes a worker keeps, to skip the rest of their tasks
 MAX_ATTEMPTS = 5  # deliveries of one task before it is set aside as a dead letter
-LOOP_TURNS = 4  # turns of the event loop before each slice (see above)
+BUDGET_S = 60.0  # a task still hashing after this long is given up
 
 log = logging.getLogger("patterns.tasks.worker")
 
 
+class TooLong(Exception):
+    pass
+
+
 @dataclass
 class Outcome:
-    """What to publish on the results channel, in order; `dead` if the task is set aside."""
+    """What to publish for one task: the book's result if found, and our report."""
 
-    results: list[bytes]
-    dead: wire.Dead | None = None
+    report: bytes
     found: str | None = None  # the word, if this task holds it
+    dead: wire.Dead | None = None  # set aside, and why
+
+    @property
+    def result(self) -> bytes | None:
+        """The book's `Found: <word>`, for the results channel."""
+        return None if self.found is None else wire.found(self.found)
 
 
 @dataclass
@@ -62,8 +64,6 @@ class Tally:
     found: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        """The tally, with the CPU time used since the first task (read now, once: reading the
-        CPU clock is a system call, too dear to make per task)."""
         seconds = (self.last_ns - self.first_ns) / 1e9
         return {
             "tasks": self.tasks,
@@ -78,9 +78,12 @@ class Tally:
 
 
 class Worker:
-    def __init__(self, name: str, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(
+        self, name: str, max_attempts: int = MAX_ATTEMPTS, budget_s: float = BUDGET_S
+    ) -> None:
         self.name = name
         self.max_attempts = max_attempts
+        self.budget_s = budget_s
         self.cracked: OrderedDict[str, str] = OrderedDict()  # searchHash -> word
         self.tally = Tally()
         word_sha1()  # which SHA-1 to hash with, timed now rather than during the first task
@@ -88,8 +91,8 @@ class Worker:
     def learn(self, data: bytes) -> None:
         """A notice from the control channel: skip what is left of a cracked hash."""
         try:
-            notice = wire.decode(data)
-        except ValueError:
+            notice = wire.decode_report(data)
+        except MalformedMessage:
             log.warning("ignored a control message that is not a notice: %r", data[:60])
             return
         if isinstance(notice, wire.Cracked):
@@ -106,12 +109,14 @@ class Worker:
     async def hash_task(self, task: wire.Task) -> tuple[str | None, int, bool]:
         """(word or None, candidates hashed, skipped?), one slice at a time."""
         digest = bytes.fromhex(task.search_hash)
+        deadline = time.monotonic() + self.budget_s
         hashed = 0
         for start in range(task.batch_start, task.batch_end + 1, SLICE):
-            for _ in range(LOOP_TURNS):  # the loop's turn: I/O, heartbeats, notices, cancel
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the loop's turn: I/O, heartbeats, notices, a cancel
             if task.search_hash in self.cracked:
                 return None, hashed, True
+            if time.monotonic() > deadline:
+                raise TooLong(f"too long: still hashing after {self.budget_s:g} s")
             end = min(start + SLICE - 1, task.batch_end)
             word = crack(digest, task.alphabet, start, end)
             if word is not None:
@@ -127,7 +132,7 @@ class Worker:
                 self.name, reason, attempts, task.job, task.search_hash, task.batch_start
             )
         self.tally.dead += 1
-        return Outcome([wire.encode(dead)], dead)
+        return Outcome(wire.encode(dead), dead=dead)
 
     async def process(self, data: bytes, attempts: int = 1) -> Outcome:
         """Hash one task (its `attempts`-th delivery) and say what to publish."""
@@ -141,7 +146,13 @@ class Worker:
         if attempts > self.max_attempts:
             reason = f"delivered {attempts} times, more than {self.max_attempts}: never finished"
             return self.set_aside(reason, attempts, task)
-        word, hashed, skipped = await self.hash_task(task)
+        try:
+            word, hashed, skipped = await self.hash_task(task)
+        except TooLong as error:
+            return self.set_aside(str(error), attempts, task)
+        except Exception as error:  # a bug must not take the worker down with the task
+            log.exception("hashing failed")
+            return self.set_aside(f"the worker failed: {error!r:.200}", attempts, task)
         done = wire.Done(
             self.name,
             task.job,
@@ -153,14 +164,12 @@ class Worker:
             skipped,
             attempts,
         )
-        results = [wire.encode(done)]
         if word is not None:
             log.info("found %r in %d..%d", word, task.batch_start, task.batch_end)
             self._remember(task.search_hash, word)
             self.tally.found.append(word)
-            results.insert(0, wire.found(word))  # the book's result, for any collector
         self.tally.tasks += 1
         self.tally.hashed += hashed
         self.tally.skipped += skipped
         self.tally.last_ns = time.perf_counter_ns()
-        return Outcome(results, found=word)
+        return Outcome(wire.encode(done), found=word)
