@@ -19,9 +19,9 @@ from errno import ECONNREFUSED
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiormq
+import aio_pika
 import redis.asyncio as aioredis
-from aiormq.exceptions import ProbableAuthenticationError
+from aio_pika.exceptions import ProbableAuthenticationError
 from redis.exceptions import AuthenticationError
 
 from patterns import config
@@ -45,9 +45,9 @@ async def redis_version(url: str, timeout: float) -> str:
 
 
 async def rabbitmq_version(url: str, timeout: float) -> str:
-    connection = await asyncio.wait_for(aiormq.connect(url), timeout)
+    connection = await aio_pika.connect(url, timeout=timeout)  # one try, no reconnecting
     try:
-        version = connection.server_properties.get("version", "?")
+        version = connection.transport.connection.server_properties.get("version", "?")
     finally:
         await connection.close()
     return version.decode() if isinstance(version, bytes) else str(version)

@@ -63,9 +63,7 @@ def add_give_up(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(
-    main: Coroutine[Any, Any, Any], role: str, give_up_after: float | None = None
-) -> NoReturn:
+def run(main: Coroutine[Any, Any, Any], role: str, give_up_after: float | None = None) -> NoReturn:
     """Run `main` (SIGTERM and Ctrl-C stop it cleanly) and exit with a code that says how
     it went; expected failures are one line on stderr."""
     logging.basicConfig(

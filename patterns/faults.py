@@ -1,4 +1,5 @@
-"""Network faults on demand: a TCP proxy between clients and a broker that can be cut.
+"""Faults on demand: a TCP proxy between clients and a broker that can be cut, and a Redis
+server of our own that can be restarted, with or without its data.
 
     async with Proxy(config.REDIS_URL) as proxy:
         worker = await processes.start(..., env={"REDIS_URL": proxy.url})
@@ -14,8 +15,12 @@ deliveries) is dropped exactly as it would be for a crashed client or a restarte
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import tempfile
 from urllib.parse import urlsplit, urlunsplit
+
+from patterns.processes import free_port
 
 
 class Proxy:
@@ -89,3 +94,76 @@ class Proxy:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.cut()
+
+
+class RedisServer:
+    """A Redis server of our own on a free loopback port, to restart or to lose: what must
+    not be done to the shared one.
+
+        async with RedisServer(appendonly=True) as server:
+            ...  # REDIS_URL=server.url for the processes that should use it
+            await server.restart()  # stopped, then started again on the same port
+
+    With `appendonly=False` a restart loses everything (no snapshot is kept either); with
+    `appendonly=True` Redis reloads its append-only file, as a production Redis would.
+    """
+
+    READY = b"Ready to accept connections"
+
+    def __init__(self, appendonly: bool = False, *settings: str) -> None:
+        self.appendonly = appendonly
+        self.settings = settings  # more "--name value" pairs for redis-server
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = ""
+        self._process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError(
+                "redis-server is not installed (e.g. `sudo apt install redis-server`)"
+            )
+        self.workdir = self.workdir or tempfile.mkdtemp(prefix="patterns-redis-")
+        persistence = ["--appendonly", "yes" if self.appendonly else "no", "--save", ""]
+        self._process = process = await asyncio.create_subprocess_exec(
+            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+            *persistence, "--dir", self.workdir, *self.settings,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        async with asyncio.timeout(timeout):  # the server's own word that it is ready
+            while self.READY not in (line := await process.stdout.readline()):
+                if not line:
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} exited before it was ready"
+                    )
+        self._drain = asyncio.create_task(process.stdout.read())  # its log must not fill the pipe
+
+    async def stop(self) -> None:
+        """SIGTERM, as a restart by an operator would (Redis flushes its append-only file)."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+
+    async def restart(self, down_s: float = 0.0) -> None:
+        await self.stop()
+        await asyncio.sleep(down_s)
+        await self.start()
+
+    async def __aenter__(self) -> "RedisServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

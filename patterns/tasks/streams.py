@@ -240,35 +240,50 @@ async def collector(
     tell the workers when the word is found."""
     collected = Collector(on_event)
     async with clients.redis(url) as redis:
-        streams = {
+        cursors = {
             name: await last_id(redis, name) for name in (channels.results, channels.reports)
         }
+        ledger = Appended(redis, channels.reports)
+        await ledger.check(read=0)
         on_event("ready", results=channels.results, reports=channels.reports)
         reading = asyncio.create_task(collected.wait(idle_timeout))
         while not reading.done():
-            read = await redis.xread(streams, count=1_000, block=BLOCK_MS)
-            for stream, entries in read:
-                for entry_id, fields in entries:
-                    streams[stream.decode()] = entry_id
+            for stream, entries in await redis.xread(cursors, count=1_000, block=BLOCK_MS):
+                cursors[stream.decode()] = entries[-1][0]
+                ledger.read += len(entries) if stream.decode() == channels.reports else 0
+                for _, fields in entries:
                     if (notice := collected.take(next(iter(fields.values()), b""))) is not None:
-                        await redis.xadd(
-                            channels.control, {"notice": wire.encode(notice)}, maxlen=MAXLEN
-                        )
-            if not read:
-                await went_back(redis, channels.reports, streams[channels.reports], collected)
+                        notice_fields = {"notice": wire.encode(notice)}
+                        await redis.xadd(channels.control, notice_fields, maxlen=MAXLEN)
+            if not await ledger.check() and collected.outstanding:
+                collected.lost(f"{channels.reports} lost entries (Redis restarted without them?)")
         await reading
     return collected.result()
 
 
-async def went_back(
-    redis: aioredis.Redis, stream: str, cursor: bytes, collected: Collector
-) -> None:
-    """If the stream is gone or its newest entry is older than what we read, Redis lost it."""
-    newest = await last_id(redis, stream)
-    if collected.outstanding and cursor != b"0-0" and entry_id(newest) < entry_id(cursor):
-        collected.lost(f"the stream {stream} lost entries (Redis restarted without them?)")
+class Appended:
+    """Did Redis lose entries of a stream we read? A stream counts every entry ever added
+    to it (XINFO STREAM's entries-added); if it counts fewer than it had when we began plus
+    what we read since, the stream was lost and made anew."""
 
+    def __init__(self, redis: aioredis.Redis, stream: str) -> None:
+        self.redis, self.stream = redis, stream
+        self.at_start = 0
+        self.read = 0
+        self.checked_at = 0.0
 
-def entry_id(text: bytes) -> tuple[int, int]:
-    millis, _, seq = text.decode().partition("-")
-    return int(millis), int(seq or 0)
+    async def added(self) -> int:
+        try:
+            return int((await self.redis.xinfo_stream(self.stream))["entries-added"])
+        except ResponseError:  # no such stream (yet, or any more)
+            return 0
+
+    async def check(self, read: int | None = None, every_s: float = 1.0) -> bool:
+        """False if entries were lost; looks at most every `every_s` seconds."""
+        if read is not None:  # the start
+            self.at_start, self.read = await self.added(), read
+            return True
+        if time.monotonic() - self.checked_at < every_s:
+            return True
+        self.checked_at = time.monotonic()
+        return await self.added() >= self.at_start + self.read

@@ -25,11 +25,12 @@ bounds that make a task finite before any work starts: an alphabet of 2 to `MAX_
 distinct letters, at most `MAX_BATCH` candidates, words of at most `MAX_WORD_LENGTH`.
 """
 
+import functools
 import hashlib
 import json
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from patterns.messages import MalformedMessage
@@ -113,12 +114,18 @@ def decode_task(data: bytes | str) -> Task:
         raise MalformedTask(f"batch {start}..{end} is not a range of indexes from 1")
     if end - start + 1 > MAX_BATCH:
         raise MalformedTask(f"batch of {end - start + 1:,} candidates is over {MAX_BATCH:,}")
-    if end > search_space(len(alphabet), MAX_WORD_LENGTH):
+    if end > longest(len(alphabet)):
         raise MalformedTask(f"batch {start}..{end} names words over {MAX_WORD_LENGTH} letters")
     job = fields.get("job")
     if job is not None and (type(job) is not str or len(job) > 100):
         raise MalformedTask(f"job must be a string of at most 100 characters, not {job!r:.60}")
     return Task(search_hash.lower(), alphabet, start, end, job)
+
+
+@functools.cache
+def longest(letters: int) -> int:
+    """The last index a task may name: words of up to MAX_WORD_LENGTH letters."""
+    return search_space(letters, MAX_WORD_LENGTH)
 
 
 def found(word: str) -> bytes:
@@ -212,7 +219,7 @@ REPORTS: dict[str, type] = {
 
 
 def encode(report: Report) -> bytes:
-    return dumps(asdict(report))
+    return dumps({name: getattr(report, name) for name in report.__dataclass_fields__})
 
 
 def _allowed(annotation: Any) -> tuple[type, ...]:
