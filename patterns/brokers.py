@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from aio_pika.exceptions import ProbableAuthenticationError
 from redis.exceptions import AuthenticationError
 
-from patterns import config
+from patterns import cli, config
 
 PROBE_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 90.0
@@ -229,13 +229,14 @@ async def bring_up() -> None:
         print(f"{broker.name} {version} answers at {config.redacted(broker.url)}")
 
 
-def main(argv: list[str]) -> int:
-    action = argv[0] if argv else "status"
-    if action not in ("status", "up"):
-        print("usage: python -m patterns.brokers [status|up]", file=sys.stderr)
-        return 2
+def main() -> int:
+    parser = cli.Parser(prog="python -m patterns.brokers", description=__doc__.splitlines()[0])
+    roles = parser.roles()
+    roles.add_parser("status", help="say which brokers answer")
+    roles.add_parser("up", help="use the brokers that answer, start the others")
+    options = parser.parse_args()
     try:
-        asyncio.run(bring_up() if action == "up" else preflight())
+        asyncio.run(bring_up() if options.role == "up" else preflight())
     except BrokerUnavailable as error:
         print(error, file=sys.stderr)
         return 1
@@ -243,4 +244,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,6 +1,5 @@
 """python -m patterns.bench NAME [--json] [--quick]: run one benchmark, print its result."""
 
-import argparse
 import asyncio
 import importlib
 import json
@@ -12,32 +11,33 @@ import time
 from types import ModuleType
 
 import patterns.bench
+from patterns import cli
 
 
 def benchmarks() -> dict[str, ModuleType]:
-    names = [m.name for m in pkgutil.iter_modules(patterns.bench.__path__) if m.name[0] != "_"]
-    return {name: importlib.import_module(f"patterns.bench.{name}") for name in sorted(names)}
+    """The modules of this package that are benchmarks: those with `run(quick)`."""
+    names = sorted(m.name for m in pkgutil.iter_modules(patterns.bench.__path__))
+    found = {name: importlib.import_module(f"patterns.bench.{name}") for name in names}
+    return {name: module for name, module in found.items() if hasattr(module, "run")}
 
 
 def main() -> int:
     found = benchmarks()
-    listing = "\n".join(
-        f"  {name:<8} {(m.__doc__ or '').splitlines()[0]}" for name, m in found.items()
-    )
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         prog="python -m patterns.bench",
-        description="Run a benchmark and print its result.",
-        epilog=f"benchmarks:\n{listing}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a benchmark and print its result. Each benchmark is a role:"
+        " `python -m patterns.bench NAME --help`.",
     )
-    parser.add_argument("name", choices=sorted(found))
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="a small run (the test suite's)")
+    roles = parser.roles()
+    for name, module in found.items():
+        role = roles.add_parser(name, help=(module.__doc__ or "").splitlines()[0])
+        role.add_argument("--json", action="store_true", help="print one JSON object")
+        role.add_argument("--quick", action="store_true", help="a small run (the test suite's)")
     options = parser.parse_args()
     started = time.perf_counter()
-    result = asyncio.run(found[options.name].run(quick=options.quick))
+    result = asyncio.run(found[options.role].run(quick=options.quick))
     result = {
-        "benchmark": options.name,
+        "benchmark": options.role,
         "quick": options.quick,
         **result,
         "seconds": round(time.perf_counter() - started, 1),

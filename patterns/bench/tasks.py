@@ -45,7 +45,7 @@ import aio_pika
 import zmq
 import zmq.asyncio
 
-from patterns import clients, config, processes
+from patterns import cli, clients, config, processes
 from patterns.tasks import admin, amqp, streams, wire, zeromq
 from patterns.tasks.job import TRANSPORTS, Channels, unique
 from patterns.tasks.run import crack
@@ -458,18 +458,22 @@ async def run(quick: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="the reference loops of the tasks benchmark")
-    parser.add_argument("loop", choices=("raw", "plain"))
-    parser.add_argument("--transport", choices=TRANSPORTS)
+    parser = cli.Parser(
+        prog="python -m patterns.bench.tasks", description="the tasks benchmark's reference loops"
+    )
+    roles = parser.roles()
+    raw = roles.add_parser("raw", help="the raw client loop on empty tasks")
+    raw.add_argument("--transport", choices=TRANSPORTS, required=True)
     for name in ("tasks", "results", "control", "reports", "dead", "group"):
-        parser.add_argument(f"--{name}")
-    parser.add_argument("--count", type=int)
-    parser.add_argument("--alphabet")
-    parser.add_argument("--max-length", type=int)
-    parser.add_argument("--together", type=int, default=0, help="plain: loops at once, forked")
-    parser.add_argument("--sha1", choices=SHA1S, default="hashlib", help="plain: which SHA-1")
+        raw.add_argument(f"--{name}")
+    raw.add_argument("--count", type=int, required=True)
+    plain_loop = roles.add_parser("plain", help="the plain hashing loop")
+    plain_loop.add_argument("--alphabet", required=True)
+    plain_loop.add_argument("--max-length", type=int, required=True)
+    plain_loop.add_argument("--together", type=int, default=0, help="loops at once, forked")
+    plain_loop.add_argument("--sha1", choices=SHA1S, default="hashlib", help="which SHA-1")
     options = parser.parse_args()
-    if options.loop == "plain":
+    if options.role == "plain":
         processes.report("ready")
         words = (options.alphabet, options.max_length, 10_000)
         if options.together:
@@ -477,7 +481,7 @@ def main() -> None:
         else:
             processes.report("result", **plain(*words, options.sha1))
     else:
-        processes.run(raw_main(options))
+        cli.run(raw_main(options), "raw")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ records latency, throughput and the delivery ledger and reports them live. From 
     python -m patterns.fundamentals.oneway receive --transport zmq --to tcp://127.0.0.1:5555
     python -m patterns.fundamentals.oneway send --transport zmq --to tcp://127.0.0.1:5555
 
-Each side awaits readiness once and then moves everything that is ready without awaiting
-again (a ZeroMQ socket drained with NOBLOCK, a Redis list popped 1,000 at a time, sends
-batched into one RPUSH), because one `await` per message costs ten times the message.
+Written as the clients teach it: a ZeroMQ PULL socket awaited once per message
+(`await socket.recv()`), a Redis list popped once per message (`BLPOP`); the sender pushes
+what is due in one `RPUSH`, or sends frame by frame. `oneway_fast` takes every message
+that is ready at once instead, without an `await` per message; `--impl fast` runs it.
 """
 
 import argparse
@@ -20,7 +21,8 @@ import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
 
-from patterns import config, processes
+from patterns import cli, clients, processes
+from patterns.fundamentals import oneway_fast
 from patterns.measure import (
     DeliveryLedger,
     LatencyRecorder,
@@ -37,10 +39,10 @@ from patterns.messages import MalformedMessage
 
 TRANSPORTS = ("zmq", "redis")
 NAMES = {"zmq": "ZeroMQ, peer-to-peer", "redis": "Redis list, brokered"}
-QUEUE = "bench:oneway"  # the Redis list; WIRE.md's names are for the book's samples
+QUEUE = "bench:oneway"  # the Redis list; the book's names (docs/wire.md) are for its samples
 # zmq: the receiver binds a free port and reports it; redis: the list's key
 DEFAULT_ENDPOINT = {"zmq": "tcp://127.0.0.1:0", "redis": QUEUE}
-BATCH = 1_000
+BATCH = 1_000  # probes the sender hands over at once, closed loop
 
 Send = Callable[[list[bytes]], Awaitable[None]]
 
@@ -48,29 +50,16 @@ Send = Callable[[list[bytes]], Awaitable[None]]
 # ---- ZeroMQ: peer-to-peer ---------------------------------------------------------------
 
 
-async def zmq_batches(socket: zmq.asyncio.Socket) -> AsyncIterator[list[bytes]]:
-    """Wait until a message is ready, then take every ready one (up to BATCH) without waiting."""
-    nonblocking = zmq.Socket.shadow(socket.underlying)
+async def zmq_messages(socket: zmq.asyncio.Socket) -> AsyncIterator[bytes]:
+    """Every message the PULL socket receives, one `await` each."""
     while True:
-        await socket.poll(flags=zmq.POLLIN)
-        batch = []
-        with contextlib.suppress(zmq.Again):
-            while len(batch) < BATCH:
-                batch.append(nonblocking.recv(zmq.NOBLOCK))
-        yield batch
+        yield await socket.recv()
 
 
 def zmq_sender(socket: zmq.asyncio.Socket) -> Send:
-    nonblocking = zmq.Socket.shadow(socket.underlying)
-
     async def send(frames: list[bytes]) -> None:
         for frame in frames:
-            while True:
-                try:
-                    nonblocking.send(frame, zmq.NOBLOCK)
-                    break
-                except zmq.Again:  # the high-water mark: wait until the peer takes more
-                    await socket.poll(flags=zmq.POLLOUT)
+            await socket.send(frame)  # waits at the high-water mark: the receiver is slow
 
     return send
 
@@ -78,23 +67,18 @@ def zmq_sender(socket: zmq.asyncio.Socket) -> Send:
 # ---- Redis: through a broker ------------------------------------------------------------
 
 
-async def redis_batches(client: aioredis.Redis, key: str) -> AsyncIterator[list[bytes]]:
-    """BLPOP waits for the first message; LPOP with a count takes what else is queued.
-
-    BLPOP blocks for at most a second at a time: a block longer than the client's socket
-    timeout would look like a dead connection.
-    """
+async def redis_messages(client: aioredis.Redis, key: str) -> AsyncIterator[bytes]:
+    """Every message pushed on the list, one `BLPOP` each (blocking at most a second at a
+    time: a block longer than the client's socket timeout would look like a dead link)."""
     while True:
-        if (popped := await client.blpop([key], timeout=1)) is None:
-            continue
-        rest = await client.lpop(key, BATCH - 1) or []
-        yield [popped[1], *rest]
+        if (popped := await client.blpop([key], timeout=1)) is not None:
+            yield popped[1]
 
 
 def redis_sender(client: aioredis.Redis, key: str) -> Send:
     async def send(frames: list[bytes]) -> None:
         if frames:
-            await client.rpush(key, *frames)  # one round trip for the whole batch
+            await client.rpush(key, *frames)  # what is due, in one round trip
 
     return send
 
@@ -103,7 +87,7 @@ def redis_sender(client: aioredis.Redis, key: str) -> Send:
 
 
 async def receive(
-    batches: AsyncIterator[list[bytes]],
+    messages: AsyncIterator[bytes],
     producers: int,
     meter: ThroughputMeter,
     latency: LatencyRecorder,
@@ -112,24 +96,23 @@ async def receive(
     """Record every probe until each producer's end marker; return what each says it sent."""
     sent: dict[str, int] = {}
     malformed = 0
-    async for batch in batches:
-        now_ns = time.perf_counter_ns()  # one clock read for the batch: when it became ours
+    async for frame in messages:
+        now_ns = time.perf_counter_ns()
         if not meter.count:
             meter.started_ns = now_ns  # the run starts with its first message
-        for frame in batch:
-            try:
-                if (end := read_end(frame)) is not None:
-                    sent[end[0]] = end[1]
-                    continue
-                producer, seq, sent_ns = read_probe(frame)
-            except MalformedMessage:
-                malformed += 1  # counted, never fatal
+        meter.add()
+        try:
+            if (end := read_end(frame)) is not None:
+                sent[end[0]] = end[1]
+                if len(sent) == producers:
+                    break
                 continue
-            ledger.record(producer, seq)
-            latency.record(sent_ns, now_ns)
-        meter.add(len(batch))
-        if len(sent) == producers:
-            break
+            producer, seq, sent_ns = read_probe(frame)
+        except MalformedMessage:
+            malformed += 1  # counted, never fatal
+            continue
+        ledger.record(producer, seq)
+        latency.record(sent_ns, now_ns)
     sent["malformed"] = malformed
     return sent
 
@@ -173,7 +156,7 @@ async def send(
 # ---- processes --------------------------------------------------------------------------
 
 
-async def receiver_main(transport: str, endpoint: str, producers: int) -> None:
+async def receiver_main(transport: str, endpoint: str, producers: int, impl: str) -> None:
     meter, latency, ledger = ThroughputMeter(), LatencyRecorder(), DeliveryLedger()
     async with contextlib.AsyncExitStack() as stack:
         if transport == "zmq":
@@ -183,24 +166,30 @@ async def receiver_main(transport: str, endpoint: str, producers: int) -> None:
             stack.callback(socket.close, 0)
             socket.bind(endpoint)
             endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            batches = zmq_batches(socket)
+            source = (
+                zmq_messages(socket) if impl == "idiomatic" else oneway_fast.zmq_batches(socket)
+            )
         else:
-            client = aioredis.from_url(config.REDIS_URL)
+            client = clients.redis()
             stack.push_async_callback(client.aclose)
             stack.push_async_callback(client.delete, endpoint)
             await client.delete(endpoint)  # nothing left over from an interrupted run
-            batches = redis_batches(client, endpoint)
+            source = (
+                redis_messages(client, endpoint)
+                if impl == "idiomatic"
+                else oneway_fast.redis_batches(client, endpoint)
+            )
+        take = receive if impl == "idiomatic" else oneway_fast.receive
         processes.report("ready", endpoint=endpoint)
         async with reporting(processes.report, meter, latency):
-            sent = await receive(batches, producers, meter, latency, ledger)
+            sent = await take(source, producers, meter, latency, ledger)  # type: ignore[arg-type]
         malformed = sent.pop("malformed")
-        summary = latency.summary()
         processes.report(
             "result",
             received=meter.count - len(sent),
             rate=round(meter.rate()),
             malformed=malformed,
-            latency=vars(summary),
+            latency=vars(latency.summary()),
             ledger=vars(ledger.report(sent)),
         )
 
@@ -216,7 +205,7 @@ async def sender_main(transport: str, endpoint: str, options: argparse.Namespace
             socket.connect(endpoint)
             send_batch = zmq_sender(socket)
         else:
-            client = aioredis.from_url(config.REDIS_URL)
+            client = clients.redis()
             stack.push_async_callback(client.aclose)
             send_batch = redis_sender(client, endpoint)
         processes.report("ready")
@@ -241,12 +230,15 @@ async def run(
     plot: LivePlot | None = None,
     drop: tuple[int, ...] = (),
     duplicate: tuple[int, ...] = (),
+    impl: str = "idiomatic",
+    series: str | None = None,
 ) -> dict:
     """Start a receiver and a sender process, follow the receiver's reports until its result."""
     async with processes.children() as started:
         receiver = await processes.start(
-            __name__, "receive", "--transport", transport, "--to", DEFAULT_ENDPOINT[transport]
-        )
+            __name__, "receive", "--transport", transport, "--to", DEFAULT_ENDPOINT[transport],
+            "--impl", impl,
+        )  # fmt: skip
         started.append(receiver)
         options = ["--count", str(count), "--to", receiver.ready["endpoint"]]
         options += ["--rate", str(rate)] if rate else []
@@ -257,7 +249,7 @@ async def run(
         received = (
             receiver.next_report("result")
             if plot is None
-            else plot.follow(NAMES[transport], receiver.reports())
+            else plot.follow(series or NAMES[transport], receiver.reports())
         )
         result, sent = await processes.together(received, sender.next_report("result"))
     return result | {"send_rate": sent["rate"]}
@@ -268,23 +260,30 @@ def seq_list(text: str) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", choices=("send", "receive"))
-    parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
-    parser.add_argument("--to", help="zmq: endpoint to bind/connect; redis: list key")
-    parser.add_argument("--producers", type=int, default=1, help="receive: how many senders")
-    parser.add_argument("--producer", default="p0", help="send: this sender's name")
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--rate", type=float, help="send: open loop at this many per second")
-    parser.add_argument("--size", type=int, default=64, help="send: bytes per message")
-    parser.add_argument("--drop", type=seq_list, default=[], help="send: seqs to skip, 1,5")
-    parser.add_argument("--duplicate", type=seq_list, default=[], help="send: seqs to repeat")
+    parser = cli.Parser(
+        prog="python -m patterns.fundamentals.oneway", description=__doc__.splitlines()[0]
+    )
+    roles = parser.roles()
+    receiver = roles.add_parser("receive", help="bind (zmq) or pop (redis), measure, report")
+    sender = roles.add_parser("send", help="number, stamp and send probes")
+    for role in (receiver, sender):
+        role.add_argument("--transport", choices=TRANSPORTS, default="zmq")
+        role.add_argument("--to", help="zmq: endpoint to bind/connect; redis: list key")
+    receiver.add_argument("--producers", type=int, default=1, help="how many senders")
+    receiver.add_argument("--impl", choices=("idiomatic", "fast"), default="idiomatic")
+    sender.add_argument("--producer", default="p0", help="this sender's name")
+    sender.add_argument("--count", type=int, default=100_000)
+    sender.add_argument("--rate", type=float, help="open loop at this many per second")
+    sender.add_argument("--size", type=int, default=64, help="bytes per message")
+    sender.add_argument("--drop", type=seq_list, default=[], help="seqs to skip, e.g. 1,5")
+    sender.add_argument("--duplicate", type=seq_list, default=[], help="seqs to send twice")
     options = parser.parse_args()
     endpoint = options.to or DEFAULT_ENDPOINT[options.transport]
     if options.role == "receive":
-        processes.run(receiver_main(options.transport, endpoint, options.producers))
+        main_coro = receiver_main(options.transport, endpoint, options.producers, options.impl)
     else:
-        processes.run(sender_main(options.transport, endpoint, options))
+        main_coro = sender_main(options.transport, endpoint, options)
+    cli.run(main_coro, options.role)
 
 
 if __name__ == "__main__":

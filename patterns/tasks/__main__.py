@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from patterns import cli, processes
 from patterns.tasks import amqp, streams, wire, zeromq
-from patterns.tasks.collect import IDLE_S
+from patterns.tasks.collect import IDLE_S, INTERVAL_S
 from patterns.tasks.job import BATCH_SIZE, DEFAULTS, TRANSPORTS, plan
 from patterns.tasks.space import ALPHABET
 from patterns.tasks.work import BUDGET_S, MAX_ATTEMPTS, Worker
@@ -94,6 +94,9 @@ def parser() -> cli.Parser:
         type=cli.positive,
         default=IDLE_S,
         help="give up after this many s without a report while tasks are outstanding",
+    )
+    collector.add_argument(
+        "--interval", type=cli.positive, default=INTERVAL_S, help="s between stats reports"
     )
     return top
 

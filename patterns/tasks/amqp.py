@@ -38,7 +38,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from patterns import clients
 from patterns.events import OnEvent, log_event
 from patterns.tasks import wire
-from patterns.tasks.collect import IDLE_S, Collector
+from patterns.tasks.collect import IDLE_S, INTERVAL_S, Collector
 from patterns.tasks.job import Channels
 from patterns.tasks.work import Outcome, Worker
 
@@ -179,6 +179,7 @@ async def collector(
     channels: Channels,
     *,
     idle_timeout: float = IDLE_S,
+    interval: float = INTERVAL_S,
     url: str | None = None,
     on_event: OnEvent = log_event,
 ) -> dict:
@@ -199,5 +200,5 @@ async def collector(
         for name in (channels.results, channels.reports):
             await (await channel.get_queue(name)).consume(take)
         on_event("ready", results=channels.results, reports=channels.reports)
-        await collected.wait(idle_timeout)
+        await collected.wait(idle_timeout, interval)
     return collected.result()

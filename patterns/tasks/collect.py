@@ -30,7 +30,7 @@ from patterns.tasks import wire
 from patterns.tasks.space import index_of
 
 log = logging.getLogger("patterns.tasks.collector")
-IDLE_S = 60.0  # longer than a worker's budget for one task (work.BUDGET_S)
+IDLE_S = 90.0  # longer than a worker's budget for one task (work.BUDGET_S)
 INTERVAL_S = 0.25
 
 
@@ -207,7 +207,10 @@ class Collector:
             "job": job.job if job else None,
             "word": self.word,
             "index": index_of(self.word, job.alphabet) if self.word and job else None,
-            "seconds_to_word": round(self.seconds(self.found_ns), 3) if self.word else None,
+            # a word heard before the job's announcement (a book worker's) counts as at once
+            "seconds_to_word": max(0.0, round(self.seconds(self.found_ns), 3))
+            if self.word
+            else None,
             "seconds": round(self.seconds(), 3),
             "complete": self.complete,
             "gave_up": self.gave_up,

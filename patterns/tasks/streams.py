@@ -46,7 +46,7 @@ from redis.exceptions import ResponseError
 from patterns import clients
 from patterns.events import OnEvent, log_event
 from patterns.tasks import wire
-from patterns.tasks.collect import IDLE_S, Collector
+from patterns.tasks.collect import IDLE_S, INTERVAL_S, Collector
 from patterns.tasks.job import Channels
 from patterns.tasks.work import Outcome, Worker
 
@@ -178,8 +178,9 @@ async def worker(
                 if cursor == "0" and not entries:  # ours are done: new entries from now on
                     cursor = ">"
             done = []
-            for entry_id, fields in entries:
+            for entry_id, fields in entries:  # fields is None for an entry deleted meanwhile
                 attempts = 1 if fresh else await deliveries(redis, channels, entry_id)
+                fields = fields or {}
                 outcome = await process(work, fields, attempts)
                 done.append((entry_id, fields.get(b"task", b""), outcome))
             if done:
@@ -194,7 +195,7 @@ async def deliveries(redis: aioredis.Redis, channels: Channels, entry_id: bytes)
 
 
 async def process(work: Worker, fields: dict[bytes, bytes], attempts: int) -> Outcome:
-    if b"task" not in fields:  # an entry someone else wrote, or one trimmed while pending
+    if b"task" not in fields:  # an entry someone else wrote, or one deleted while pending
         names = ", ".join(sorted(name.decode(errors="replace") for name in fields))
         return work.set_aside(f"no field 'task' in the entry, only: {names or 'none'}", attempts)
     return await work.process(fields[b"task"], attempts)
@@ -233,6 +234,7 @@ async def collector(
     channels: Channels,
     *,
     idle_timeout: float = IDLE_S,
+    interval: float = INTERVAL_S,
     url: str | None = None,
     on_event: OnEvent = log_event,
 ) -> dict:
@@ -246,7 +248,7 @@ async def collector(
         ledger = Appended(redis, channels.reports)
         await ledger.check(read=0)
         on_event("ready", results=channels.results, reports=channels.reports)
-        reading = asyncio.create_task(collected.wait(idle_timeout))
+        reading = asyncio.create_task(collected.wait(idle_timeout, interval))
         while not reading.done():
             for stream, entries in await redis.xread(cursors, count=1_000, block=BLOCK_MS):
                 cursors[stream.decode()] = entries[-1][0]

@@ -37,7 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from patterns.events import OnEvent, log_event
 from patterns.tasks import wire
-from patterns.tasks.collect import IDLE_S, Collector
+from patterns.tasks.collect import IDLE_S, INTERVAL_S, Collector
 from patterns.tasks.job import Channels
 from patterns.tasks.work import Worker
 
@@ -126,8 +126,7 @@ async def producer(
                 await ventilator.send(wire.encode_task(task))  # waits while every queue is full
                 sent += 1
         await reports.send(wire.encode(wire.Sent(job.job, sent)))
-        # every task goes on to a worker before the producer exits, unless none is needed
-        ventilator.close(linger=0 if cracked.is_set() else -1)
+        ventilator.close(linger=-1)  # every task it sent reaches a worker before it exits
         on_event("result", job=job.job, sent=sent)
         return sent
     finally:
@@ -165,7 +164,11 @@ async def worker(
 
 
 async def collector(
-    channels: Channels, *, idle_timeout: float = IDLE_S, on_event: OnEvent = log_event
+    channels: Channels,
+    *,
+    idle_timeout: float = IDLE_S,
+    interval: float = INTERVAL_S,
+    on_event: OnEvent = log_event,
 ) -> dict:
     """Bind the sink (results and reports) and the control PUB; record until accounted for."""
     context = zmq.asyncio.Context()
@@ -186,7 +189,7 @@ async def collector(
                     await announcer.send(wire.encode(notice))
 
         receiving = asyncio.create_task(receive())
-        await collected.wait(idle_timeout)
+        await collected.wait(idle_timeout, interval)
         receiving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receiving
