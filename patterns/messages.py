@@ -95,10 +95,10 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
             raise MalformedMessage(f"not UTF-8: {error.reason} at byte {error.start}") from None
     try:
         fields = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MalformedMessage(f"not JSON: {error}") from None
     except RecursionError:
         raise MalformedMessage("not JSON this implementation can read: nested too deep") from None
+    except Exception as error:  # JSONDecodeError, or a ValueError for a huge integer, ...
+        raise MalformedMessage(f"not JSON: {error}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage(f"a message is a JSON object, not {type(fields).__name__}")
     if fields.get("kind") not in KINDS:

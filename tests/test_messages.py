@@ -1,9 +1,12 @@
+import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from patterns import messages
-from patterns.messages import MalformedMessage, Message
+from patterns.messages import MalformedMessage, Message, decode
 
 
 def test_the_three_kinds_round_trip_through_json() -> None:
@@ -91,3 +94,20 @@ def test_a_payload_that_is_not_json_is_refused_when_sending() -> None:
         Message("event", "x", payload={1, 2}).encode()
     with pytest.raises(ValueError, match="not JSON"):
         Message("event", "x", payload=float("nan")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=400)
+    | st.text(max_size=400)
+    | st.integers().map(lambda n: b'{"sent_ns": %d}' % n)
+)
+def test_no_bytes_make_decode_raise_anything_but_malformed(data: bytes | str) -> None:
+    with contextlib.suppress(MalformedMessage):
+        decode(data)
+
+
+def test_an_integer_too_long_to_convert_is_malformed_not_a_crash() -> None:
+    huge = b'{"kind": "event", "type": "x", "id": "1", "sent_ns": ' + b"9" * 5_000 + b"}"
+    with pytest.raises(MalformedMessage, match="not JSON: Exceeds the limit"):
+        decode(huge)
