@@ -132,7 +132,7 @@ async def crack(
             if report["event"] == "stats":
                 if plot is not None:
                     plot.add(f"{label}all workers", report)
-                    for name, rate in report["workers"].items():
+                    for name, rate in report["workers"].items() if workers > 1 else ():
                         plot.add(f"{label}{name}", {"t": report["t"], "rate": rate})
                 if during is not None:
                     await during(crew, report)
