@@ -6,7 +6,8 @@ from tests.conftest import bench
 def test_help_lists_every_benchmark() -> None:
     run = bench("--help")
     assert run.returncode == 0
-    assert "kit " in run.stdout and "--quick" in run.stdout
+    for name in ("kit", "oneway", "tasks", "pubsub", "reqrep", "amqpclients"):
+        assert name in run.stdout
 
 
 def test_kit_prints_one_json_object_with_both_costs() -> None:

@@ -66,7 +66,10 @@ async def test_bring_up_never_starts_a_broker_it_was_pointed_away_from(monkeypat
 def test_the_command_line_fails_with_the_sentence_and_no_traceback() -> None:
     env = os.environ | {"REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}
     run = subprocess.run(
-        [sys.executable, "-m", "patterns.brokers"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "patterns.brokers", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr

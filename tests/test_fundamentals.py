@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patterns import config
-from patterns.fundamentals import omission, oneway, queues, styles
+from patterns.fundamentals import omission, oneway, oneway_fast, queues, styles
 
 
 async def test_one_way_and_request_reply() -> None:
@@ -67,9 +67,13 @@ async def test_open_loop_run_and_the_ledger_catches_injected_faults(transport: s
     assert ledger["received"] == 600 - 3 + 2
 
 
-async def test_a_receiver_counts_junk_and_goes_on() -> None:
-    sent = []
+@pytest.mark.parametrize("fast", [False, True])
+async def test_a_receiver_counts_junk_and_goes_on(fast: bool) -> None:
     frames = [b"junk", oneway.probe("p0", 0, 1), b"END p0 1"]
+
+    async def messages():
+        for frame in frames:
+            yield frame
 
     async def batches():
         yield frames
@@ -79,9 +83,18 @@ async def test_a_receiver_counts_junk_and_goes_on() -> None:
         oneway.LatencyRecorder(),
         oneway.DeliveryLedger(),
     )
-    sent = await oneway.receive(batches(), 1, meter, latency, ledger)
+    receive = oneway_fast.receive if fast else oneway.receive
+    sent = await receive(batches() if fast else messages(), 1, meter, latency, ledger)
     assert sent == {"p0": 1, "malformed": 1}
     assert ledger.report({"p0": 1}).exactly_once_in_order
+
+
+@pytest.mark.parametrize("impl", ["idiomatic", "fast", "raw"])
+async def test_each_receiver_gets_every_message_once(impl: str) -> None:
+    for transport in oneway.TRANSPORTS:
+        result = await oneway.run(transport, 300, rate=3_000, impl=impl)
+        assert result["ledger"]["lost"] == 0 and result["ledger"]["duplicated"] == 0
+        assert result["latency"]["count"] == 300
 
 
 async def test_coordinated_omission_hides_a_stall_from_a_closed_loop() -> None:
