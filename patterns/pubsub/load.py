@@ -28,26 +28,30 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import zmq.asyncio
 
 from patterns import cli, clients, processes
 from patterns.bench import pubsub_raw
-from patterns.fundamentals.oneway import send as send_probes
 from patterns.measure import (
     DeliveryLedger,
     LatencyRecorder,
     ThroughputMeter,
+    end_marker,
+    paced,
+    probe,
     read_end,
     read_probe,
     reporting,
 )
-from patterns.measure.live import LivePlot
 from patterns.messages import MalformedMessage
 from patterns.processes import free_port
 from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
+
+if TYPE_CHECKING:  # matplotlib is for the notebook drawing, not for the measuring processes
+    from patterns.measure.live import LivePlot
 
 TRANSPORTS = ("redis", "zmq", "amqp", "streams")
 NAMES = {
@@ -59,6 +63,7 @@ NAMES = {
 }
 IMPLS = ("idiomatic", "fast", "raw")
 FAST: dict[str, Any] = {}  # transport -> its *_fast module, where one pays
+BATCH = 1_000  # probes handed to the publisher at once in a closed loop
 IDLE_S = 10.0  # a subscriber that hears nothing this long stops (its end marker was lost)
 
 Batches = AsyncIterator[list[bytes]]
@@ -274,6 +279,22 @@ async def subscriber_main(options: argparse.Namespace) -> None:
     )
 
 
+async def send_probes(send: Send, count: int, rate: float | None, size: int) -> None:
+    """`count` numbered probes, stamped with when each was due: as fast as `send` takes
+    them, or open loop at `rate` per second (a stall shows in the latency); an end marker."""
+    seq = 0
+    while seq < count:
+        if rate is None:
+            due = [time.perf_counter_ns()] * min(BATCH, count - seq)
+            await send([probe("p0", seq + i, sent_ns, size) for i, sent_ns in enumerate(due)])
+            seq += len(due)
+        else:
+            async for due in paced(rate, count):
+                await send([probe("p0", seq + i, sent_ns, size) for i, sent_ns in enumerate(due)])
+                seq += len(due)
+    await send([end_marker("p0", count)])
+
+
 async def publisher_main(options: argparse.Namespace) -> None:
     _, publish = implementation(options)
     context = zmq.asyncio.Context()
@@ -281,7 +302,7 @@ async def publisher_main(options: argparse.Namespace) -> None:
         async with publish(options, context) as send_batch:
             processes.report("ready")
             started = time.perf_counter()
-            await send_probes(send_batch, "p0", options.count, options.rate, options.size)
+            await send_probes(send_batch, options.count, options.rate, options.size)
             elapsed = time.perf_counter() - started
     finally:
         context.destroy(linger=10_000)  # what is still queued goes out (up to 10 s)
@@ -298,7 +319,7 @@ def free_endpoint() -> str:
 
 async def follow(
     receiver: processes.Child,
-    plot: LivePlot | None,
+    plot: "LivePlot | None",
     series: str,
     on_report: Callable[[dict], None] | None,
 ) -> dict:
@@ -320,7 +341,7 @@ async def run(
     count: int,
     subscribers: int = 1,
     rate: float | None = None,
-    plot: LivePlot | None = None,
+    plot: "LivePlot | None" = None,
     series: str | None = None,
     env: dict[str, str] | None = None,
     on_report: Callable[[dict], None] | None = None,
@@ -363,7 +384,7 @@ async def sweep(
     topic: str,
     rate: float,
     seconds: float,
-    plot: LivePlot | None = None,
+    plot: "LivePlot | None" = None,
     counts: tuple[int, ...] = SUBSCRIBER_COUNTS,
 ) -> list[dict]:
     """The same open-loop load (`rate` per second for `seconds`) to 1, 4, 16 subscribers:

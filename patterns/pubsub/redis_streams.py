@@ -15,7 +15,7 @@ entry it read, its cursor, and asks for what follows (XREAD BLOCK), so:
 * the log is bounded: each XADD trims the stream to about `maxlen` entries (`MAXLEN ~`:
   Redis trims whole internal nodes, so a few more may stay, which keeps trimming cheap).
   A reader further behind than the stream holds (away too long, or too slow) finds its
-  next entries trimmed away, and reports "trimmed".
+  next entries trimmed away: it reports "trimmed" when the entry it read last is gone.
 
 An entry without a `message` field (written by something else) is reported and skipped.
 """
@@ -78,7 +78,7 @@ async def entries(
         reply = await redis.xread({stream: cursor}, count=count, block=BLOCK_MS)
         for _, batch in reply:  # one stream: one (name, entries) pair, or none
             if len(batch) == count and await trimmed_after(redis, stream, cursor):
-                on_event("trimmed", stream=stream, after=str(cursor), missed="entries trimmed")
+                on_event("trimmed", stream=stream, after=str(cursor), missed="trimmed entries")
             for entry_id, fields in batch:
                 cursor = entry_id
                 if FIELD in fields:
@@ -88,10 +88,12 @@ async def entries(
 
 
 async def trimmed_after(redis: aioredis.Redis, stream: str, cursor: bytes | str) -> bool:
-    """Were entries after `cursor` trimmed before they were read? Only a full batch can say
-    so: a reader less than `count` entries behind is within what the stream keeps."""
-    info = await redis.xinfo_stream(stream)
-    return entry_id(info["max-deleted-entry-id"]) > entry_id(cursor)
+    """May entries after `cursor` have been trimmed before they were read? Yes if the
+    stream no longer holds the cursor's entry itself (trimming takes the oldest first).
+    Only a full batch asks: a reader fewer than `count` entries behind is within what a
+    stream of `maxlen` >= `count` entries keeps."""
+    oldest = await redis.xrange(stream, count=1)
+    return bool(oldest) and entry_id(cursor) > (0, 0) and entry_id(oldest[0][0]) > entry_id(cursor)
 
 
 def entry_id(text: bytes | str) -> tuple[int, int]:
