@@ -144,6 +144,38 @@ async def test_a_redis_instance_resubscribes_and_tells_its_clients_what_they_mis
         assert await away.wait_for(3, timeout=10) == ["before", MISSED, "after"]
 
 
+async def test_an_amqp_instance_reconnects_and_tells_its_clients_what_they_missed(topic) -> None:
+    exchange, _ = topic
+    async with Proxy(config.AMQP_URL) as proxy, processes.children() as started:
+        env = {"AMQP_URL": proxy.url}
+        (cut,) = await instances.start(started, "amqp", 1, exchange, env=env)
+        (direct,) = await instances.start(started, "amqp", 1, exchange)
+        async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
+            await here.send("before")
+            await away.wait_for(1)
+            await proxy.cut()
+            await here.send("during")
+            await here.wait_for(2)
+            await proxy.resume()
+            assert (await cut.next_report("reconnected", timeout=20))["queue"].endswith(
+                "_srv_" + str(cut.ready["port"])
+            )
+            await here.send("after")
+            await away.send("from the one that was away")
+            assert await away.wait_for(4) == [
+                "before",
+                MISSED,
+                "after",
+                "from the one that was away",
+            ]
+            assert await here.wait_for(4) == [
+                "before",
+                "during",
+                "after",
+                "from the one that was away",
+            ]
+
+
 async def test_amqp_history_service_keeps_what_was_published_while_it_was_stopped(
     topic, tmp_path: Path
 ) -> None:
@@ -166,7 +198,7 @@ async def test_amqp_history_service_keeps_what_was_published_while_it_was_stoppe
         history = await instances.start_history(started, exchange, queue, db)
         stored = 0
         while stored < 2:  # "two" and "three" waited in the queue
-            stored += (await history.next_report("saved", timeout=10))["stored"]
+            stored += (await history.next_report("saved", timeout=10))["outcome"] == "stored"
         url = history.ready["url"]
         async with aiohttp.ClientSession() as session:
             async with session.get(url) as response:

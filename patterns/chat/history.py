@@ -120,7 +120,7 @@ async def consume(queue: AbstractQueue, store: Store, on_event: OnEvent = log_ev
         async for message in messages:
             async with message.process(requeue=True):  # acked once stored; requeued if not
                 outcome = await asyncio.to_thread(store.save, message.message_id, message.body)
-            on_event("saved", **{outcome: 1})
+            on_event("saved", outcome=outcome, message_id=message.message_id)
 
 
 async def serve(

@@ -25,6 +25,7 @@ subscribers are WebSocket clients of it.
 import argparse
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,7 +49,16 @@ from patterns.measure import (
 )
 from patterns.messages import MalformedMessage
 from patterns.processes import free_port
-from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
+from patterns.pubsub import (
+    amqp_fanout,
+    amqp_fanout_fast,
+    redis_pubsub,
+    redis_pubsub_fast,
+    redis_streams,
+    redis_streams_fast,
+    zmq_peers,
+    zmq_peers_fast,
+)
 
 if TYPE_CHECKING:  # matplotlib is for the notebook drawing, not for the measuring processes
     from patterns.measure.live import LivePlot
@@ -62,7 +72,7 @@ NAMES = {
     "ws": "chat server (WebSocket)",
 }
 IMPLS = ("idiomatic", "fast", "raw")
-FAST: dict[str, Any] = {}  # transport -> its *_fast module, where one pays
+FAST = ("redis", "zmq", "amqp", "streams")  # the transports with a *_fast module that pays
 BATCH = 1_000  # probes handed to the publisher at once in a closed loop
 IDLE_S = 10.0  # a subscriber that hears nothing this long stops (its end marker was lost)
 
@@ -178,13 +188,72 @@ async def websocket_send(ws: aiohttp.ClientWebSocketResponse, frames: list[bytes
         await ws.send_str(frame.decode())
 
 
+# ---- their *_fast siblings --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fast_subscription(options: argparse.Namespace, context: Any) -> AsyncIterator[Batches]:
+    transport, topic = options.transport, options.topic
+    if transport == "redis":
+        async with redis_pubsub_fast.subscription(None, topic, report_state) as batches:
+            yield batches
+    elif transport == "zmq":
+        endpoints = [options.endpoint]
+        async with zmq_peers_fast.subscription(
+            context, endpoints, topic.encode(), options.hwm, report_state
+        ) as batches:
+            yield batches
+    elif transport == "amqp":
+        queue = f"{topic}.sub.{uuid.uuid4().hex[:8]}"
+        async with (
+            await clients.amqp() as connection,
+            amqp_fanout_fast.subscription(connection, queue, topic, on_event=report_state) as b,
+        ):
+            yield b
+    else:
+        async with (
+            clients.redis() as redis,
+            redis_streams_fast.subscription(redis, topic, on_event=report_state) as batches,
+        ):
+            yield batches
+
+
+@contextlib.asynccontextmanager
+async def fast_publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[Send]:
+    transport, topic = options.transport, options.topic
+    if transport in ("redis", "streams"):
+        async with clients.redis() as redis:
+            if transport == "redis":
+                yield lambda messages: redis_pubsub_fast.publish_many(redis, messages, topic)
+            else:
+                yield lambda messages: redis_streams_fast.publish_many(
+                    redis, messages, topic, options.maxlen
+                )
+    elif transport == "zmq":
+        socket = zmq_peers.bind_publisher(context, options.endpoint, options.hwm)
+        try:
+            if options.handshake:
+                await zmq_peers.wait_for_subscribers(socket, options.subscribers)
+
+            async def zmq_send(messages: list[bytes]) -> None:
+                zmq_peers_fast.publish_many(socket, messages, topic.encode())
+
+            yield zmq_send
+        finally:
+            socket.close(linger=10_000)
+    else:
+        async with await clients.amqp() as connection:
+            channel = await connection.channel()
+            await amqp_fanout.declare_exchange(channel, topic)
+            yield lambda messages: amqp_fanout_fast.publish_many(channel, messages, topic)
+
+
 def implementation(options: argparse.Namespace) -> tuple[Callable, Callable]:
     """(subscription, publisher) of the implementation `--impl` names."""
     if options.impl == "raw":
         return pubsub_raw.subscription, pubsub_raw.publisher
     if options.impl == "fast":
-        fast = FAST[options.transport]
-        return fast.subscription, fast.publisher
+        return fast_subscription, fast_publisher
     return subscription, publisher
 
 
@@ -376,7 +445,7 @@ async def run(
     return result | {"send_rate": sent["rate"]}
 
 
-SUBSCRIBER_COUNTS = (1, 4, 16)
+SUBSCRIBER_COUNTS = (1, 2, 4, 8, 16)
 
 
 async def sweep(
@@ -387,7 +456,7 @@ async def sweep(
     plot: "LivePlot | None" = None,
     counts: tuple[int, ...] = SUBSCRIBER_COUNTS,
 ) -> list[dict]:
-    """The same open-loop load (`rate` per second for `seconds`) to 1, 4, 16 subscribers:
+    """The same open-loop load (`rate` per second for `seconds`) to 1, 2, 4, 8, 16 subscribers:
     one row per count (deliveries per second over all subscribers, latency, ledger)."""
     rows = []
     for n in counts:
@@ -441,6 +510,36 @@ def count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
     return value
+
+
+async def side_by_side(
+    transport: str, topic: str, count: int, rounds: int, subscribers: int = 4
+) -> list[dict]:
+    """Closed-loop fan-out of the idiomatic, the fast (where one exists) and the raw
+    implementation, in `rounds` rounds whose order rotates, so the machine's drift hits
+    all three alike: one row per implementation, with the median deliveries per second
+    (over `subscribers`) and messages published per second. Each run must deliver every
+    message once, in order."""
+    impls = [impl for impl in IMPLS if impl != "fast" or transport in FAST]
+    runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+    for round_number in range(rounds):
+        shift = round_number % len(impls)
+        for impl in impls[shift:] + impls[:shift]:
+            result = await run(
+                transport, topic, count, subscribers, impl=impl, hwm=count + 1, maxlen=count
+            )
+            ledger = result["ledger"]
+            assert ledger["lost"] == ledger["duplicated"] == ledger["out_of_order"] == 0, ledger
+            runs[impl].append(result)
+    return [
+        {
+            "implementation": impl,
+            "deliveries/s": statistics.median(r["rate"] for r in results),
+            "published/s": statistics.median(r["send_rate"] for r in results),
+            "rounds": len(results),
+        }
+        for impl, results in runs.items()
+    ]
 
 
 def main() -> None:
