@@ -455,13 +455,15 @@ async def sweep(
     seconds: float,
     plot: "LivePlot | None" = None,
     counts: tuple[int, ...] = SUBSCRIBER_COUNTS,
+    **extra: Any,
 ) -> list[dict]:
     """The same open-loop load (`rate` per second for `seconds`) to 1, 2, 4, 8, 16 subscribers:
-    one row per count (deliveries per second over all subscribers, latency, ledger)."""
+    one row per count (deliveries per second over all subscribers, latency, ledger).
+    `extra`: more options of `run`."""
     rows = []
     for n in counts:
         series = f"{n} subscriber{'s' if n > 1 else ''}"
-        result = await run(transport, topic, int(rate * seconds), n, rate, plot, series)
+        result = await run(transport, topic, int(rate * seconds), n, rate, plot, series, **extra)
         ledger = result["ledger"]
         rows.append(
             {"subscribers": n, "deliveries/s": result["rate"]}

@@ -93,6 +93,16 @@ class Reader:
             raise ConnectionResetError("Redis closed the connection")
         return data
 
+    async def read_or_ping(self) -> bytes:
+        """The next bytes; after IDLE_S of silence a PING, so a dead peer shows."""
+        try:
+            async with asyncio.timeout(IDLE_S):
+                return await self.read(READ_BYTES)
+        except TimeoutError:  # silent: is Redis still there?
+            self.send("PING")
+            async with asyncio.timeout(IDLE_S):
+                return await self.read(READ_BYTES)
+
     def close(self) -> None:
         if self.stream is not None:
             self.stream[1].transport.abort()
@@ -102,11 +112,7 @@ class Reader:
         """What each read brought, as a list of messages; reconnects when the link drops."""
         while True:
             try:
-                try:
-                    data = await asyncio.wait_for(self.read(READ_BYTES), IDLE_S)
-                except TimeoutError:  # silent: is Redis still there?
-                    self.send("PING")
-                    data = await asyncio.wait_for(self.read(READ_BYTES), IDLE_S)
+                data = await self.read_or_ping()
             except (OSError, TimeoutError) as error:
                 await self.reconnect(error)
                 on_event(
