@@ -174,8 +174,11 @@ async def publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[
     else:
         async with aiohttp.ClientSession() as session, session.ws_connect(topic) as ws:
             echo = asyncio.create_task(discard(ws))  # the chat sends us our own messages too
-            yield lambda frames: websocket_send(ws, frames)
-            echo.cancel()
+            try:
+                yield lambda frames: websocket_send(ws, frames)
+            finally:
+                await ws.close()  # a close frame after the last message, not a cut connection
+                await echo
 
 
 async def discard(ws: aiohttp.ClientWebSocketResponse) -> None:
