@@ -56,8 +56,20 @@ def parser() -> cli.Parser:
         metavar="ORIGIN",
         help="a page elsewhere allowed to open a WebSocket here (e.g. http://example.org)",
     )
-    chat.add_argument("--max-messages-per-s", type=cli.positive, default=server.MESSAGES_PER_S)
-    chat.add_argument("--max-bytes-per-s", type=cli.positive, default=server.BYTES_PER_S)
+    chat.add_argument(
+        "--max-messages-per-s",
+        type=cli.positive,
+        default=server.MESSAGES_PER_S,
+        metavar="N",
+        help="a client sending more is closed with 1008 (default %(default)s)",
+    )
+    chat.add_argument(
+        "--max-bytes-per-s",
+        type=cli.positive,
+        default=server.BYTES_PER_S,
+        metavar="N",
+        help="likewise, in bytes (default %(default)s)",
+    )
     keeper.add_argument("--host", default="127.0.0.1")
     keeper.add_argument("--port", type=port, default=history.PORT, help="0: any free port")
     keeper.add_argument("--db", type=Path, default=Path("chat_history.sqlite3"))
