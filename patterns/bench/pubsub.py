@@ -79,7 +79,7 @@ def summary(count: int, runs: dict[str, list[dict]]) -> dict[str, Any]:
 
 
 async def run(quick: bool) -> dict:
-    rounds, scale, seconds = (1, 0.2, 0.5) if quick else (3, 1.0, 2.0)
+    rounds, scale, seconds = (1, 0.2, 0.5) if quick else (5, 1.0, 2.0)
     results: dict[str, Any] = {}
     for transport in load.TRANSPORTS:
         impls = [i for i in load.IMPLS if i != "fast" or transport in load.FAST]
