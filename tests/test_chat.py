@@ -108,14 +108,15 @@ async def test_a_streams_client_that_joins_late_gets_the_history_then_live(topic
 
 @contextlib.asynccontextmanager
 async def redis_cut_off(
-    backend: str, channel: str
+    backend: str, channel: str, *options: str
 ) -> AsyncIterator[tuple[Proxy, processes.Child, ChatClient, ChatClient]]:
     """Two instances of `backend` with a client each, the first reaching Redis through a
     proxy: "before" reaches both clients, then the proxy is cut. Yields the proxy, the cut
     instance, its client and the other's."""
     async with Proxy(config.REDIS_URL) as proxy, processes.children() as started:
-        (cut,) = await instances.start(started, backend, 1, channel, env={"REDIS_URL": proxy.url})
-        (direct,) = await instances.start(started, backend, 1, channel)
+        env = {"REDIS_URL": proxy.url}
+        (cut,) = await instances.start(started, backend, 1, channel, *options, env=env)
+        (direct,) = await instances.start(started, backend, 1, channel, *options)
         async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
             await here.send("before")
             await away.wait_for(1)
@@ -132,6 +133,20 @@ async def test_a_streams_instance_resumes_after_redis_comes_back(topic) -> None:
         await here.send("after")
         expected = ["before", "during 0", "during 1", "during 2", "after"]
         assert await away.wait_for(5, timeout=20) == expected
+
+
+async def test_a_streams_instance_away_longer_than_the_stream_keeps_tells_its_clients(
+    topic,
+) -> None:
+    async with redis_cut_off("streams", topic[0], "--maxlen", "100") as (proxy, cut, away, here):
+        for n in range(300):  # three times what the stream keeps
+            await here.send(f"during {n}")
+        await here.wait_for(301)
+        await proxy.resume()
+        assert (await cut.next_report("trimmed", timeout=20))["stream"] == topic[0]
+        await away.wait_for_text("during 299", timeout=20)
+    assert away.received[:2] == ["before", MISSED]
+    assert "during 0" not in away.received  # trimmed before it could be read
 
 
 async def test_a_redis_instance_resubscribes_and_tells_its_clients_what_they_missed(topic) -> None:

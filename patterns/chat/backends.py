@@ -200,8 +200,9 @@ class RedisStreams(Backend):
         self.stream = self.topic or redis_streams.STREAM
         self.redis = await self.stack.enter_async_context(clients.redis())
         self.cursor = await redis_streams.last_id(self.redis, self.stream)
+        count = min(redis_streams.COUNT, self.maxlen)  # a full read can tell of trimming
         subscribed = redis_streams.subscription(
-            self.redis, self.stream, self.cursor, on_event=self.on_event
+            self.redis, self.stream, self.cursor, count, self.on_event
         )
         self._entries = await self.stack.enter_async_context(subscribed)
         return {"stream": self.stream, "maxlen": self.maxlen}
