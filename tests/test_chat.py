@@ -13,7 +13,7 @@ import pytest
 from patterns import config, processes
 from patterns.chat import instances
 from patterns.chat.client import ChatClient
-from patterns.chat.server import MAX_MESSAGE_BYTES
+from patterns.chat.server import MAX_MESSAGE_BYTES, MISSED
 from patterns.faults import Proxy
 
 BACKENDS = ("redis", "zmq", "amqp", "streams")
@@ -108,19 +108,19 @@ async def test_a_streams_client_that_joins_late_gets_the_history_then_live(topic
 
 @contextlib.asynccontextmanager
 async def redis_cut_off(
-    backend: str, channel: str
+    backend: str, channel: str, *options: str
 ) -> AsyncIterator[tuple[Proxy, processes.Child, ChatClient, ChatClient]]:
     """Two instances of `backend` with a client each, the first reaching Redis through a
-    proxy: "before" reaches both clients, then the proxy is cut and the first instance
-    reports Redis lost. Yields the proxy, that instance, its client and the other's."""
+    proxy: "before" reaches both clients, then the proxy is cut. Yields the proxy, the cut
+    instance, its client and the other's."""
     async with Proxy(config.REDIS_URL) as proxy, processes.children() as started:
-        (cut,) = await instances.start(started, backend, 1, channel, env={"REDIS_URL": proxy.url})
-        (direct,) = await instances.start(started, backend, 1, channel)
+        env = {"REDIS_URL": proxy.url}
+        (cut,) = await instances.start(started, backend, 1, channel, *options, env=env)
+        (direct,) = await instances.start(started, backend, 1, channel, *options)
         async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
             await here.send("before")
             await away.wait_for(1)
             await proxy.cut()
-            assert (await cut.next_report("state", timeout=10))["state"] == "lost"
             yield proxy, cut, away, here
 
 
@@ -135,15 +135,60 @@ async def test_a_streams_instance_resumes_after_redis_comes_back(topic) -> None:
         assert await away.wait_for(5, timeout=20) == expected
 
 
-async def test_a_redis_instance_reconnects_and_misses_what_was_published_meanwhile(topic) -> None:
+async def test_a_streams_instance_away_longer_than_the_stream_keeps_tells_its_clients(
+    topic,
+) -> None:
+    async with redis_cut_off("streams", topic[0], "--maxlen", "100") as (proxy, cut, away, here):
+        for n in range(300):  # three times what the stream keeps
+            await here.send(f"during {n}")
+        await here.wait_for(301)
+        await proxy.resume()
+        assert (await cut.next_report("trimmed", timeout=20))["stream"] == topic[0]
+        await away.wait_for_text("during 299", timeout=20)
+    assert away.received[:2] == ["before", MISSED]
+    assert "during 0" not in away.received  # trimmed before it could be read
+
+
+async def test_a_redis_instance_resubscribes_and_tells_its_clients_what_they_missed(topic) -> None:
     async with redis_cut_off("redis", topic[0]) as (proxy, cut, away, here):
         await here.send("during")
         await here.wait_for(2)
         await proxy.resume()
-        while (await cut.next_report("state", timeout=20))["state"] != "reconnected":
-            pass
+        assert (await cut.next_report("resubscribed", timeout=20))["channel"] == topic[0]
         await here.send("after")
-        assert await away.wait_for(2, timeout=10) == ["before", "after"]
+        assert await away.wait_for(3, timeout=10) == ["before", MISSED, "after"]
+
+
+async def test_an_amqp_instance_reconnects_and_tells_its_clients_what_they_missed(topic) -> None:
+    exchange, _ = topic
+    async with Proxy(config.AMQP_URL) as proxy, processes.children() as started:
+        env = {"AMQP_URL": proxy.url}
+        (cut,) = await instances.start(started, "amqp", 1, exchange, env=env)
+        (direct,) = await instances.start(started, "amqp", 1, exchange)
+        async with ChatClient(cut.ready["url"]) as away, ChatClient(direct.ready["url"]) as here:
+            await here.send("before")
+            await away.wait_for(1)
+            await proxy.cut()
+            await here.send("during")
+            await here.wait_for(2)
+            await proxy.resume()
+            assert (await cut.next_report("reconnected", timeout=20))["queue"].endswith(
+                "_srv_" + str(cut.ready["port"])
+            )
+            await here.send("after")
+            await away.send("from the one that was away")
+            assert await away.wait_for(4) == [
+                "before",
+                MISSED,
+                "after",
+                "from the one that was away",
+            ]
+            assert await here.wait_for(4) == [
+                "before",
+                "during",
+                "after",
+                "from the one that was away",
+            ]
 
 
 async def test_amqp_history_service_keeps_what_was_published_while_it_was_stopped(
@@ -168,7 +213,7 @@ async def test_amqp_history_service_keeps_what_was_published_while_it_was_stoppe
         history = await instances.start_history(started, exchange, queue, db)
         stored = 0
         while stored < 2:  # "two" and "three" waited in the queue
-            stored += (await history.next_report("saved", timeout=10))["stored"]
+            stored += (await history.next_report("saved", timeout=10))["outcome"] == "stored"
         url = history.ready["url"]
         async with aiohttp.ClientSession() as session:
             async with session.get(url) as response:

@@ -55,6 +55,11 @@ class ChatClient:
             raise ConnectionError(f"closed with {self.close_code} after {self.received}")
         return self.received[:count]
 
+    async def wait_for_text(self, text: str, timeout: float = 10.0) -> None:
+        """Until `text` has been received; TimeoutError if it does not come."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: text in self.received)
+
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         """The close code the server closed this client with."""
         async with asyncio.timeout(timeout), self._arrived:

@@ -1,37 +1,39 @@
 """The history service of the AMQP chat: a durable queue, stored on disk, served over HTTP.
 
-    python -m patterns.chat.history [--port 8090] [--db chat_history.sqlite3]
+    python -m patterns.chat history [--port 8090] [--db chat_history.sqlite3]
 
 It consumes the durable queue `chat_history`, bound to the chat's fanout exchange, so
 every chat message is copied to it whether or not this service is running: while it is
-stopped, messages wait in the queue. It stores each batch in SQLite (one transaction,
-synchronous) and only then acknowledges it, so a message leaves the queue once it is on
-disk. A message delivered again (this service died between storing and acknowledging) is
-stored once, by its AMQP message id. A body that is not UTF-8 text, or is over the chat's
-size limit, is set aside in the `rejected` table with the reason, and acknowledged.
+stopped, messages wait in the queue. It stores each message in SQLite (synchronous: on
+disk when committed) and only then acknowledges it (`async with message.process()`), so
+a message leaves the queue once it is on disk. A message delivered again (this service
+died between storing and acknowledging) is stored once, by its AMQP message id. A body
+that is not UTF-8 text, or is over the chat's size limit, is set aside in the `rejected`
+table with the reason, and acknowledged.
 
-GET / answers the whole history as a JSON array of strings, oldest first (WIRE.md);
+GET / answers the whole history as a JSON array of strings, oldest first (docs/wire.md);
 GET /?last=N only the last N. It is streamed in pages, so memory stays bounded.
 """
 
-import argparse
 import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 
+from aio_pika.abc import AbstractQueue
 from aiohttp import web
-from aiormq.abc import DeliveredMessage
 
-from patterns import config, processes
-from patterns.chat.server import MAX_MESSAGE_BYTES, on_state, tell_parent
+from patterns import clients
+from patterns.chat.server import MAX_MESSAGE_BYTES
+from patterns.events import OnEvent, log_event
 from patterns.pubsub import amqp_fanout
 
-QUEUE = "chat_history"  # WIRE.md
+QUEUE = "chat_history"  # docs/wire.md
 PORT = 8090
 PAGE_ROWS = 1_000
+PREFETCH = 100  # delivered ahead of the acks: stored one by one meanwhile
+MAX_LAST = 2**63 - 1  # SQLite's largest integer: ?last=N beyond it is a bad request
 
 log = logging.getLogger("patterns.chat.history")
 
@@ -48,34 +50,30 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
         self.db.execute("PRAGMA synchronous=FULL")  # committed means on disk
         self.db.executescript(SCHEMA)
 
-    def save(self, messages: Sequence[tuple[str | None, bytes]]) -> dict[str, int]:
-        """Store a batch in one transaction: how many were new, already stored, rejected."""
-        counts = dict.fromkeys(("stored", "duplicates", "rejected"), 0)
-        with self.db:
-            self.db.execute("BEGIN")
-            for message_id, body in messages:
-                try:
-                    if len(body) > MAX_MESSAGE_BYTES:
-                        raise ValueError(f"{len(body)} bytes, over {MAX_MESSAGE_BYTES}")
-                    text = body.decode()
-                except ValueError as error:  # UnicodeDecodeError is one
-                    self.db.execute(
-                        "INSERT INTO rejected (message_id, body, reason) VALUES (?, ?, ?)",
-                        (message_id, body, str(error)),
-                    )
-                    counts["rejected"] += 1
-                    continue
-                cursor = self.db.execute(
-                    "INSERT OR IGNORE INTO messages (message_id, text) VALUES (?, ?)",
-                    (message_id, text),
+    def save(self, message_id: str | None, body: bytes) -> str:
+        """Store one message: "stored", "duplicate" (stored before) or "rejected"."""
+        try:
+            if len(body) > MAX_MESSAGE_BYTES:
+                raise ValueError(f"{len(body)} bytes, over {MAX_MESSAGE_BYTES}")
+            text = body.decode()
+        except ValueError as error:  # UnicodeDecodeError is one
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO rejected (message_id, body, reason) VALUES (?, ?, ?)",
+                    (message_id, body, str(error)),
                 )
-                counts["stored" if cursor.rowcount else "duplicates"] += 1
-        return counts
+            return "rejected"
+        with self.db:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO messages (message_id, text) VALUES (?, ?)",
+                (message_id, text),
+            )
+        return "stored" if cursor.rowcount else "duplicate"
 
     def page(self, after: int, last: int | None) -> list[tuple[int, str]]:
         """Up to PAGE_ROWS messages after `seq`, or from the last `last` ones on."""
@@ -100,10 +98,10 @@ class Store:
 async def history(store: Store, request: web.Request) -> web.StreamResponse:
     try:
         last = int(request.query["last"]) if "last" in request.query else None
-        if last is not None and last < 1:
+        if last is not None and not 1 <= last <= MAX_LAST:
             raise ValueError
     except ValueError:
-        raise web.HTTPBadRequest(text="last must be a positive integer") from None
+        raise web.HTTPBadRequest(text=f"last must be an integer from 1 to {MAX_LAST}\n") from None
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     separator, after = b"[", -1
@@ -116,52 +114,41 @@ async def history(store: Store, request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def consume(subscriber: amqp_fanout.Subscriber, store: Store) -> None:
-    """Store each delivered batch; it is acknowledged when the next one is asked for."""
-    batch: list[DeliveredMessage]
-    async for batch in subscriber.deliveries():
-        messages = [(m.header.properties.message_id, m.body) for m in batch]
-        counts = await asyncio.to_thread(store.save, messages)
-        log.info("saved %s", counts)
-        tell_parent("saved", **counts)
+async def consume(queue: AbstractQueue, store: Store, on_event: OnEvent = log_event) -> None:
+    """Store each message, then ack it: a message leaves the queue once it is on disk."""
+    async with queue.iterator() as messages:
+        async for message in messages:
+            async with message.process(requeue=True):  # acked once stored; requeued if not
+                outcome = await asyncio.to_thread(store.save, message.message_id, message.body)
+            on_event("saved", outcome=outcome, message_id=message.message_id)
 
 
-async def serve(db: Path, host: str, port: int, exchange: str, queue: str) -> None:
+async def serve(
+    db: Path,
+    host: str = "127.0.0.1",
+    port: int = PORT,
+    exchange: str = amqp_fanout.EXCHANGE,
+    queue: str = QUEUE,
+    on_event: OnEvent = log_event,
+) -> None:
+    """Consume `queue` (durable, bound to `exchange`) into `db`; serve it on host:port."""
     store = Store(db)
     app = web.Application()
     app.router.add_get("/", lambda request: history(store, request))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        subscriber = amqp_fanout.Subscriber(
-            config.AMQP_URL, queue, exchange, durable=True, on_state=on_state
-        )
-        async with subscriber:
+        async with await clients.amqp() as connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            durable = await amqp_fanout.declare_queue(channel, queue, exchange, durable=True)
             site = web.TCPSite(runner, host, port)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             url = f"http://{host}:{port}/"
             log.warning("history of %s on %s, stored in %s", exchange, url, db)
-            processes.report("ready", port=port, url=url, queue=queue, db=str(db))
-            await consume(subscriber, store)
+            on_event("ready", port=port, url=url, queue=queue, db=str(db))
+            await consume(durable, store, on_event)
     finally:
         await runner.cleanup()
         store.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m patterns.chat.history", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=PORT, help="0: any free port")
-    parser.add_argument("--db", type=Path, default=Path("chat_history.sqlite3"))
-    parser.add_argument("--exchange", default=amqp_fanout.EXCHANGE)
-    parser.add_argument("--queue", default=QUEUE)
-    options = parser.parse_args()
-    logging.basicConfig(format="%(asctime)s %(name)s %(message)s", level=logging.INFO)
-    processes.run(serve(options.db, options.host, options.port, options.exchange, options.queue))
-
-
-if __name__ == "__main__":
-    main()

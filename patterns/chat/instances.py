@@ -7,10 +7,7 @@ a reader runs on the book's defaults.
 
 from pathlib import Path
 
-import aiormq
-import redis.asyncio as aioredis
-
-from patterns import config, processes
+from patterns import clients, processes
 from patterns.processes import Child, free_port
 
 
@@ -19,16 +16,18 @@ async def start(
     backend: str,
     count: int,
     topic: str,
+    *options: str,
     history_url: str = "",
     env: dict[str, str] | None = None,
 ) -> list[Child]:
-    """`count` instances of `backend`; ZeroMQ ones bind a PUB port each and subscribe to all
-    the others' (the book's mesh). All start at once: a ZeroMQ instance is ready only when
-    its peers have subscribed to it. Each is appended to `started` as soon as it runs."""
+    """`count` instances of `backend` (each also given `options`); ZeroMQ ones bind a PUB
+    port each and subscribe to all the others' (the book's mesh). All start at once: a
+    ZeroMQ instance is ready only when its peers have subscribed to it. Each is appended
+    to `started` as soon as it runs."""
     pubs = [free_port() for _ in range(count)] if backend == "zmq" else []
     instances = []
     for index in range(count):
-        args = ["--backend", backend, "--port", "0", "--topic", topic]
+        args = ["server", "--backend", backend, "--http", "0", "--topic", topic, *options]
         if backend == "zmq":
             args += ["--pub", str(pubs[index])]
             args += [f"--sub={port}" for i, port in enumerate(pubs) if i != index]
@@ -48,8 +47,8 @@ async def start_history(
     started: list[Child], exchange: str, queue: str, db: Path, env: dict[str, str] | None = None
 ) -> Child:
     child = await processes.start(
-        "patterns.chat.history",
-        *("--port", "0", "--exchange", exchange, "--queue", queue, "--db", str(db)),
+        "patterns.chat",
+        *("history", "--port", "0", "--exchange", exchange, "--queue", queue, "--db", str(db)),
         name="history",
         env=env,
     )
@@ -59,16 +58,10 @@ async def start_history(
 
 async def clean(topic: str, queues: tuple[str, ...] = ()) -> None:
     """Delete what a run on `topic` left in the brokers: the stream, the exchange, queues."""
-    client = aioredis.from_url(config.REDIS_URL)
-    try:
-        await client.delete(topic)
-    finally:
-        await client.aclose()
-    connection = await aiormq.connect(config.AMQP_URL)
-    try:
+    async with clients.redis() as redis:
+        await redis.delete(topic)
+    async with await clients.amqp() as connection:
         channel = await connection.channel()
         for queue in queues:
             await channel.queue_delete(queue)
         await channel.exchange_delete(topic)
-    finally:
-        await connection.close()

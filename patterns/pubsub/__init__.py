@@ -1,19 +1,17 @@
-"""Publish/subscribe over four transports, one short module each.
+"""Publish/subscribe over four transports, one short module each, as each client library
+teaches it:
 
-Every module has the same two halves, so the chat server (and a benchmark) can use any:
+    redis_pubsub   Redis Pub/Sub (redis-py `PubSub`): live only, at most once
+    zmq_peers      ZeroMQ PUB/SUB (`zmq.asyncio`): no broker, drops at the high-water mark
+    amqp_fanout    RabbitMQ fanout exchange (aio-pika): a queue per subscriber
+    redis_streams  Redis Streams (XADD / XREAD): a log every reader reads from its cursor
 
-* a `Publisher`: `await publisher.publish(payloads)` hands a batch of byte strings to the
-  transport in one go (a pipeline, a burst of frames, confirms awaited together);
-* a `Subscriber`: `async with` it to connect and subscribe (once that returns, everything
-  published from then on reaches it), then `async for batch in subscriber.batches()`:
-  lists of payloads, as many as were ready, one `await` per batch, not per message.
+Every module has the same two halves: `publish(..., message)` sends one message, and
+`async with subscription(...) as messages:` subscribes (once entered, everything published
+from then on reaches it) and yields the messages one at a time. Each module's first lines
+say what its transport guarantees and how it loses messages.
 
-When a connection drops, a subscriber says so, reconnects with backoff, says so again and
-goes on. What it missed meanwhile is what its transport guarantees, and each module says
-what that is in its first lines.
-
-    redis_pubsub   Redis Pub/Sub: live only, at most once
-    zmq_peers      ZeroMQ PUB/SUB: no broker, drops at the high-water mark
-    amqp_fanout    RabbitMQ fanout exchange: a queue per subscriber, exclusive or durable
-    redis_streams  Redis Streams: a log every reader reads from its own cursor
+`*_fast.py` beside a module is the same pattern tuned for throughput, kept only where it
+measures at least 1.5x its sibling (notebooks 02-05, "Going faster"); `load` drives either
+(and the client libraries by hand) under measured load; `sandbox` starts a private Redis.
 """

@@ -1,13 +1,17 @@
 """Pub/sub under load: a publisher process, and a process holding N subscriber connections.
 
     python -m patterns.pubsub.load subscribe --transport redis --topic bench:pubsub:x -n 4
-    python -m patterns.pubsub.load publish --transport redis --topic bench:pubsub:x --count 10000
+    python -m patterns.pubsub.load publish --transport redis --topic bench:pubsub:x -n 4
 
 The publisher numbers and stamps probes (`patterns.measure.probe`) and publishes them as
 fast as it can or at a fixed rate (open loop), then an end marker. The subscribing
 process records, for every delivery to every one of its connections, the latency and the
 delivery ledger (each connection is a producer key of its own: lost, duplicated, out of
 order per subscriber), and reports stats live and a result at the end.
+
+`--impl` picks the code under load: `idiomatic` (the `patterns.pubsub` modules, one
+message per `await`, as the chat runs them), `fast` (their `*_fast.py` siblings, where
+one exists) or `raw` (the client libraries by hand, `patterns.bench.pubsub_raw`).
 
 Why N connections in one process: this machine has two cores shared with the broker and
 the publisher; sixteen subscriber processes would measure the operating system's
@@ -21,28 +25,43 @@ subscribers are WebSocket clients of it.
 import argparse
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import zmq.asyncio
 
-from patterns import config, processes
-from patterns.fundamentals.oneway import send as send_probes
+from patterns import cli, clients, processes
+from patterns.bench import pubsub_raw
 from patterns.measure import (
     DeliveryLedger,
     LatencyRecorder,
     ThroughputMeter,
+    end_marker,
+    paced,
+    probe,
     read_end,
     read_probe,
     reporting,
 )
-from patterns.measure.live import LivePlot
 from patterns.messages import MalformedMessage
 from patterns.processes import free_port
-from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
+from patterns.pubsub import (
+    amqp_fanout,
+    amqp_fanout_fast,
+    redis_pubsub,
+    redis_pubsub_fast,
+    redis_streams,
+    redis_streams_fast,
+    zmq_peers,
+    zmq_peers_fast,
+)
+
+if TYPE_CHECKING:  # matplotlib is for the notebook drawing, not for the measuring processes
+    from patterns.measure.live import LivePlot
 
 TRANSPORTS = ("redis", "zmq", "amqp", "streams")
 NAMES = {
@@ -52,42 +71,56 @@ NAMES = {
     "streams": "Redis Streams",
     "ws": "chat server (WebSocket)",
 }
+IMPLS = ("idiomatic", "fast", "raw")
+FAST = ("redis", "zmq", "amqp", "streams")  # the transports with a *_fast module that pays
+BATCH = 1_000  # probes handed to the publisher at once in a closed loop
 IDLE_S = 10.0  # a subscriber that hears nothing this long stops (its end marker was lost)
 
 Batches = AsyncIterator[list[bytes]]
 Send = Callable[[list[bytes]], Awaitable[None]]
 
 
-def report_state(state: str, detail: str) -> None:
-    processes.report("state", state=state, detail=detail)
+def report_state(state: str, **fields: object) -> None:
+    processes.report("state", state=state, **fields)
 
 
-# ---- our modules, used as the chat uses them --------------------------------------------
+# ---- the idiomatic modules, used as the chat uses them ----------------------------------
+
+
+async def one_by_one(messages: AsyncIterator[bytes]) -> Batches:
+    """The harness takes batches; an idiomatic subscriber gives one message at a time."""
+    async for message in messages:
+        yield [message]
 
 
 @contextlib.asynccontextmanager
 async def subscription(options: argparse.Namespace, context: Any) -> AsyncIterator[Batches]:
     transport, topic = options.transport, options.topic
     if transport == "redis":
-        async with redis_pubsub.Subscriber(config.REDIS_URL, topic, report_state) as sub:
-            yield sub.batches()
+        async with (
+            clients.redis() as redis,
+            redis_pubsub.subscription(redis, topic, report_state) as messages,
+        ):
+            yield one_by_one(messages)
     elif transport == "zmq":
-        sub = zmq_peers.Subscriber(
-            context, [options.endpoint], topic.encode(), options.hwm, report_state
-        )
-        try:
-            yield sub.batches()
-        finally:
-            await sub.aclose()
+        endpoints = [options.endpoint]
+        async with zmq_peers.subscription(
+            context, endpoints, topic.encode(), options.hwm, report_state
+        ) as messages:
+            yield one_by_one(messages)
     elif transport == "amqp":
         queue = f"{topic}.sub.{uuid.uuid4().hex[:8]}"  # exclusive: gone with the connection
-        async with amqp_fanout.Subscriber(
-            config.AMQP_URL, queue, topic, on_state=report_state
-        ) as sub:
-            yield sub.batches()
+        async with (
+            await clients.amqp() as connection,
+            amqp_fanout.subscription(connection, queue, topic, on_event=report_state) as messages,
+        ):
+            yield one_by_one(messages)
     elif transport == "streams":
-        async with redis_streams.Subscriber(config.REDIS_URL, topic, on_state=report_state) as sub:
-            yield sub.batches()
+        async with (
+            clients.redis() as redis,
+            redis_streams.subscription(redis, topic, on_event=report_state) as entries,
+        ):
+            yield one_by_one(message async for _, message in entries)
     else:
         async with aiohttp.ClientSession() as session, session.ws_connect(topic) as ws:
             yield websocket_batches(ws)
@@ -103,32 +136,49 @@ async def websocket_batches(ws: aiohttp.ClientWebSocketResponse) -> Batches:
 @contextlib.asynccontextmanager
 async def publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[Send]:
     transport, topic = options.transport, options.topic
-    if transport == "redis":
-        pub: Any = redis_pubsub.Publisher(config.REDIS_URL, topic)
-    elif transport == "amqp":
-        pub = amqp_fanout.Publisher(config.AMQP_URL, topic)
-    elif transport == "streams":
-        pub = redis_streams.Publisher(config.REDIS_URL, topic, options.maxlen)
+    if transport in ("redis", "streams"):
+        async with clients.redis() as redis:
+
+            async def redis_send(messages: list[bytes]) -> None:
+                for message in messages:
+                    if transport == "redis":
+                        await redis_pubsub.publish(redis, message, topic)
+                    else:
+                        await redis_streams.publish(redis, message, topic, options.maxlen)
+
+            yield redis_send
     elif transport == "zmq":
-        pub = zmq_peers.Publisher(context, options.endpoint, topic.encode(), options.hwm)
+        socket = zmq_peers.bind_publisher(context, options.endpoint, options.hwm)
         try:
             if options.handshake:
-                await pub.wait_for_subscribers(options.subscribers)
-            yield pub.publish
+                await zmq_peers.wait_for_subscribers(socket, options.subscribers)
+
+            async def zmq_send(messages: list[bytes]) -> None:
+                for message in messages:
+                    await zmq_peers.publish(socket, message, topic.encode())
+
+            yield zmq_send
         finally:
             # a publisher that outruns its subscribers still has their messages queued
-            pub.close(linger_ms=10_000)
-        return
+            socket.close(linger=10_000)
+    elif transport == "amqp":
+        async with await clients.amqp() as connection:
+            channel = await connection.channel()
+            exchange = await amqp_fanout.declare_exchange(channel, topic)
+
+            async def amqp_send(messages: list[bytes]) -> None:
+                for message in messages:
+                    await amqp_fanout.publish(exchange, message)
+
+            yield amqp_send
     else:
         async with aiohttp.ClientSession() as session, session.ws_connect(topic) as ws:
             echo = asyncio.create_task(discard(ws))  # the chat sends us our own messages too
-            yield lambda frames: websocket_send(ws, frames)
-            echo.cancel()
-        return
-    try:
-        yield pub.publish
-    finally:
-        await pub.aclose()
+            try:
+                yield lambda frames: websocket_send(ws, frames)
+            finally:
+                await ws.close()  # a close frame after the last message, not a cut connection
+                await echo
 
 
 async def discard(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -141,11 +191,72 @@ async def websocket_send(ws: aiohttp.ClientWebSocketResponse, frames: list[bytes
         await ws.send_str(frame.decode())
 
 
-def implementation(options: argparse.Namespace) -> tuple[Callable, Callable]:
-    if options.impl == "raw":  # the benchmark's baseline: the client libraries by hand
-        from patterns.bench import pubsub as raw
+# ---- their *_fast siblings --------------------------------------------------------------
 
-        return raw.subscription, raw.publisher
+
+@contextlib.asynccontextmanager
+async def fast_subscription(options: argparse.Namespace, context: Any) -> AsyncIterator[Batches]:
+    transport, topic = options.transport, options.topic
+    if transport == "redis":
+        async with redis_pubsub_fast.subscription(None, topic, report_state) as batches:
+            yield batches
+    elif transport == "zmq":
+        endpoints = [options.endpoint]
+        async with zmq_peers_fast.subscription(
+            context, endpoints, topic.encode(), options.hwm, report_state
+        ) as batches:
+            yield batches
+    elif transport == "amqp":
+        queue = f"{topic}.sub.{uuid.uuid4().hex[:8]}"
+        async with (
+            await clients.amqp() as connection,
+            amqp_fanout_fast.subscription(connection, queue, topic, on_event=report_state) as b,
+        ):
+            yield b
+    else:
+        async with (
+            clients.redis() as redis,
+            redis_streams_fast.subscription(redis, topic, on_event=report_state) as batches,
+        ):
+            yield batches
+
+
+@contextlib.asynccontextmanager
+async def fast_publisher(options: argparse.Namespace, context: Any) -> AsyncIterator[Send]:
+    transport, topic = options.transport, options.topic
+    if transport in ("redis", "streams"):
+        async with clients.redis() as redis:
+            if transport == "redis":
+                yield lambda messages: redis_pubsub_fast.publish_many(redis, messages, topic)
+            else:
+                yield lambda messages: redis_streams_fast.publish_many(
+                    redis, messages, topic, options.maxlen
+                )
+    elif transport == "zmq":
+        socket = zmq_peers.bind_publisher(context, options.endpoint, options.hwm)
+        try:
+            if options.handshake:
+                await zmq_peers.wait_for_subscribers(socket, options.subscribers)
+
+            async def zmq_send(messages: list[bytes]) -> None:
+                zmq_peers_fast.publish_many(socket, messages, topic.encode())
+
+            yield zmq_send
+        finally:
+            socket.close(linger=10_000)
+    else:
+        async with await clients.amqp() as connection:
+            channel = await connection.channel()
+            await amqp_fanout.declare_exchange(channel, topic)
+            yield lambda messages: amqp_fanout_fast.publish_many(channel, messages, topic)
+
+
+def implementation(options: argparse.Namespace) -> tuple[Callable, Callable]:
+    """(subscription, publisher) of the implementation `--impl` names."""
+    if options.impl == "raw":
+        return pubsub_raw.subscription, pubsub_raw.publisher
+    if options.impl == "fast":
+        return fast_subscription, fast_publisher
     return subscription, publisher
 
 
@@ -160,23 +271,16 @@ async def drain(
     ledger: DeliveryLedger,
     work_s: float,
     span: list[int],
-    idle_s: float = IDLE_S,
 ) -> int:
     """Record every probe this subscriber gets until the end marker; return the malformed."""
     malformed = 0
-    iterator = aiter(batches)
-    while True:
-        try:
-            # before the first message, the publisher may still be starting
-            batch = await asyncio.wait_for(anext(iterator), idle_s if span[0] else IDLE_S)
-        except TimeoutError:
-            return malformed
-        now_ns = time.perf_counter_ns()
+    async for batch in batches:
+        now_ns = time.perf_counter_ns()  # one clock read per batch: when it became ours
         span[0] = span[0] or now_ns
+        span[1] = now_ns
         for frame in batch:
             try:
                 if read_end(frame) is not None:
-                    span[1] = now_ns
                     return malformed
                 _, seq, sent_ns = read_probe(frame)
             except MalformedMessage:
@@ -185,9 +289,20 @@ async def drain(
             ledger.record(key, seq)
             latency.record(sent_ns, now_ns)
         meter.add(len(batch))
-        span[1] = now_ns
         if work_s:  # a slow subscriber: this much work per message, blocking, like CPU work
             time.sleep(work_s * len(batch))  # noqa: ASYNC251
+    return malformed
+
+
+async def quiet_for(span: list[int], idle_s: float) -> None:
+    """Return once nothing has arrived for `idle_s` (IDLE_S before the first message: the
+    publisher may still be starting): an end marker was lost."""
+    waited_from = time.perf_counter_ns()
+    while True:
+        await asyncio.sleep(0.1)
+        quiet_s = (time.perf_counter_ns() - (span[1] or waited_from)) / 1e9
+        if quiet_s > (idle_s if span[1] else IDLE_S):
+            return
 
 
 async def subscriber_main(options: argparse.Namespace) -> None:
@@ -195,6 +310,7 @@ async def subscriber_main(options: argparse.Namespace) -> None:
     subscribe, _ = implementation(options)
     context = zmq.asyncio.Context()
     span = [0, 0]  # first and last arrival, for the delivery rate
+    malformed: list[int] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             connections = [
@@ -204,15 +320,23 @@ async def subscriber_main(options: argparse.Namespace) -> None:
             processes.report("ready", subscribers=options.subscribers)
             meter.started_ns = time.perf_counter_ns()
             work_s = options.work_ms / 1000
-            async with reporting(processes.report, meter, latency):
-                malformed = await asyncio.gather(
-                    *(
-                        drain(key, batches, meter, latency, ledger, work_s, span, options.idle)
-                        for key, batches in enumerate(connections)
-                    )
+            drains = asyncio.gather(
+                *(
+                    drain(key, batches, meter, latency, ledger, work_s, span)
+                    for key, batches in enumerate(connections)
                 )
+            )
+            watchdog = asyncio.ensure_future(quiet_for(span, options.idle))
+            async with reporting(processes.report, meter, latency):
+                await asyncio.wait((drains, watchdog), return_when=asyncio.FIRST_COMPLETED)
+            watchdog.cancel()
+            if drains.done():
+                malformed = drains.result()
+            else:  # quiet for too long: stop the drains where they are
+                drains.cancel()
+            await asyncio.gather(drains, watchdog, return_exceptions=True)
     finally:
-        context.term()
+        context.destroy(linger=0)
     sent = dict.fromkeys(range(options.subscribers), options.count)
     delivered = ledger.received()
     seconds = max(1, span[1] - span[0]) / 1e9
@@ -227,6 +351,22 @@ async def subscriber_main(options: argparse.Namespace) -> None:
     )
 
 
+async def send_probes(send: Send, count: int, rate: float | None, size: int) -> None:
+    """`count` numbered probes, stamped with when each was due: as fast as `send` takes
+    them, or open loop at `rate` per second (a stall shows in the latency); an end marker."""
+    seq = 0
+    while seq < count:
+        if rate is None:
+            due = [time.perf_counter_ns()] * min(BATCH, count - seq)
+            await send([probe("p0", seq + i, sent_ns, size) for i, sent_ns in enumerate(due)])
+            seq += len(due)
+        else:
+            async for due in paced(rate, count):
+                await send([probe("p0", seq + i, sent_ns, size) for i, sent_ns in enumerate(due)])
+                seq += len(due)
+    await send([end_marker("p0", count)])
+
+
 async def publisher_main(options: argparse.Namespace) -> None:
     _, publish = implementation(options)
     context = zmq.asyncio.Context()
@@ -234,7 +374,7 @@ async def publisher_main(options: argparse.Namespace) -> None:
         async with publish(options, context) as send_batch:
             processes.report("ready")
             started = time.perf_counter()
-            await send_probes(send_batch, "p0", options.count, options.rate, options.size)
+            await send_probes(send_batch, options.count, options.rate, options.size)
             elapsed = time.perf_counter() - started
     finally:
         context.destroy(linger=10_000)  # what is still queued goes out (up to 10 s)
@@ -251,7 +391,7 @@ def free_endpoint() -> str:
 
 async def follow(
     receiver: processes.Child,
-    plot: LivePlot | None,
+    plot: "LivePlot | None",
     series: str,
     on_report: Callable[[dict], None] | None,
 ) -> dict:
@@ -273,7 +413,7 @@ async def run(
     count: int,
     subscribers: int = 1,
     rate: float | None = None,
-    plot: LivePlot | None = None,
+    plot: "LivePlot | None" = None,
     series: str | None = None,
     env: dict[str, str] | None = None,
     on_report: Callable[[dict], None] | None = None,
@@ -283,31 +423,32 @@ async def run(
     """Start the subscribing process (N connections), then the publisher; return the
     subscribers' result, with the publisher's send rate. `env` is for both processes,
     `subscriber_env` for the subscribers only (a proxy only they go through). `extra`: more
-    options of both, e.g. work_ms=1 (slow subscribers), hwm=100, handshake=False, size=1000,
-    impl="raw"."""
+    options, e.g. work_ms=1 (slow subscribers), hwm=100, handshake=False, size=1000,
+    impl="raw"; each process is given those of its role."""
     options = {"transport": transport, "topic": topic, "count": count} | extra
+    options |= {"subscribers": subscribers} | ({"rate": rate} if rate else {})
     if transport == "zmq":
         options.setdefault("endpoint", free_endpoint())
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+
+    def flags(role: str) -> list[str]:
+        """The options of `role`: those of both, and its own."""
+        other = ROLE_OPTIONS["publish" if role == "subscribe" else "subscribe"]
+        return [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if k not in other]
+
     async with processes.children() as started:
+        subscribers_env = (env or {}) | (subscriber_env or {})
         receiver = await processes.start(
-            __name__,
-            "subscribe",
-            *flags,
-            f"--subscribers={subscribers}",
-            env=(env or {}) | (subscriber_env or {}),
+            __name__, "subscribe", *flags("subscribe"), env=subscribers_env
         )
         started.append(receiver)
-        publish_flags = [*flags, f"--subscribers={subscribers}"]
-        publish_flags += [f"--rate={rate}"] if rate else []
-        sender = await processes.start(__name__, "publish", *publish_flags, env=env)
+        sender = await processes.start(__name__, "publish", *flags("publish"), env=env)
         started.append(sender)
         received = follow(receiver, plot, series or NAMES[transport], on_report)
         result, sent = await processes.together(received, sender.next_report("result"))
     return result | {"send_rate": sent["rate"]}
 
 
-SUBSCRIBER_COUNTS = (1, 4, 16)
+SUBSCRIBER_COUNTS = (1, 2, 4, 8, 16)
 
 
 async def sweep(
@@ -315,15 +456,17 @@ async def sweep(
     topic: str,
     rate: float,
     seconds: float,
-    plot: LivePlot | None = None,
+    plot: "LivePlot | None" = None,
     counts: tuple[int, ...] = SUBSCRIBER_COUNTS,
+    **extra: Any,
 ) -> list[dict]:
-    """The same open-loop load (`rate` per second for `seconds`) to 1, 4, 16 subscribers:
-    one row per count (deliveries per second over all subscribers, latency, ledger)."""
+    """The same open-loop load (`rate` per second for `seconds`) to 1, 2, 4, 8, 16 subscribers:
+    one row per count (deliveries per second over all subscribers, latency, ledger).
+    `extra`: more options of `run`."""
     rows = []
     for n in counts:
         series = f"{n} subscriber{'s' if n > 1 else ''}"
-        result = await run(transport, topic, int(rate * seconds), n, rate, plot, series)
+        result = await run(transport, topic, int(rate * seconds), n, rate, plot, series, **extra)
         ledger = result["ledger"]
         rows.append(
             {"subscribers": n, "deliveries/s": result["rate"]}
@@ -333,31 +476,84 @@ async def sweep(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", choices=("publish", "subscribe"))
-    parser.add_argument("--transport", choices=(*TRANSPORTS, "ws"), required=True)
-    parser.add_argument("--topic", required=True, help="channel, exchange, stream or chat URL")
-    parser.add_argument("--subscribers", "-n", type=int, default=1)
-    parser.add_argument("--count", type=int, default=10_000, help="probes published")
-    parser.add_argument("--rate", type=float, help="publish: open loop at this many per second")
-    parser.add_argument("--size", type=int, default=64, help="publish: bytes per probe")
-    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="zmq: PUB address")
-    parser.add_argument("--hwm", type=int, default=zmq_peers.HWM, help="zmq: high-water mark")
-    parser.add_argument(
+ROLE_OPTIONS = {
+    "subscribe": ("work_ms", "idle"),
+    "publish": ("rate", "size", "maxlen", "handshake"),
+}
+
+
+def parser() -> cli.Parser:
+    top = cli.Parser(prog="python -m patterns.pubsub.load", description=__doc__.split("\n")[0])
+    roles = top.roles()
+    subscribe = roles.add_parser("subscribe", help="N subscriber connections, measured")
+    publish = roles.add_parser("publish", help="numbered, timestamped probes")
+    for role in (subscribe, publish):
+        role.add_argument("--transport", choices=(*TRANSPORTS, "ws"), required=True)
+        role.add_argument("--topic", required=True, help="channel, exchange, stream or chat URL")
+        role.add_argument("--impl", choices=IMPLS, default="idiomatic")
+        role.add_argument("--subscribers", "-n", type=count, default=1)
+        role.add_argument("--count", type=count, default=10_000, help="probes published")
+        role.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="zmq: PUB address")
+        role.add_argument("--hwm", type=int, default=zmq_peers.HWM, help="zmq: high-water mark")
+        cli.add_give_up(role)
+    publish.add_argument("--rate", type=float, help="open loop at this many per second")
+    publish.add_argument("--size", type=int, default=64, help="bytes per probe")
+    publish.add_argument("--maxlen", type=count, default=redis_streams.MAXLEN, help="streams")
+    publish.add_argument(
         "--handshake",
         type=lambda text: text.lower() in ("1", "true", "yes"),
         default=True,
         help="zmq: wait until the subscribers have subscribed (false: the slow joiner)",
     )
-    parser.add_argument("--maxlen", type=int, default=redis_streams.MAXLEN, help="streams")
-    parser.add_argument("--work-ms", type=float, default=0.0, help="subscribe: ms per message")
-    parser.add_argument(
-        "--idle", type=float, default=IDLE_S, help="subscribe: stop after this many silent s"
-    )
-    parser.add_argument("--impl", choices=("ours", "raw"), default="ours")
-    options = parser.parse_args()
-    processes.run((subscriber_main if options.role == "subscribe" else publisher_main)(options))
+    subscribe.add_argument("--work-ms", type=float, default=0.0, help="ms of work per message")
+    subscribe.add_argument("--idle", type=float, default=IDLE_S, help="stop after s of silence")
+    return top
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+async def side_by_side(
+    transport: str, topic: str, count: int, rounds: int, subscribers: int = 4
+) -> list[dict]:
+    """Closed-loop fan-out of the idiomatic, the fast (where one exists) and the raw
+    implementation, in `rounds` rounds whose order rotates, so the machine's drift hits
+    all three alike: one row per implementation, with the median deliveries per second
+    (over `subscribers`) and messages published per second. Each run must deliver every
+    message once, in order."""
+    impls = [impl for impl in IMPLS if impl != "fast" or transport in FAST]
+    runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+    for round_number in range(rounds):
+        shift = round_number % len(impls)
+        for impl in impls[shift:] + impls[:shift]:
+            result = await run(
+                transport, topic, count, subscribers, impl=impl, hwm=count + 1, maxlen=count
+            )
+            ledger = result["ledger"]
+            assert ledger["lost"] == ledger["duplicated"] == ledger["out_of_order"] == 0, ledger
+            runs[impl].append(result)
+    return [
+        {
+            "implementation": impl,
+            "deliveries/s": statistics.median(r["rate"] for r in results),
+            "published/s": statistics.median(r["send_rate"] for r in results),
+            "rounds": len(results),
+        }
+        for impl, results in runs.items()
+    ]
+
+
+def main() -> None:
+    top = parser()
+    options = top.parse_args()
+    if options.impl == "fast" and options.transport not in FAST:
+        top.error(f"--impl fast: no fast variant for {options.transport} (it did not pay)")
+    role = subscriber_main if options.role == "subscribe" else publisher_main
+    cli.run(role(options), options.role, options.give_up_after)
 
 
 if __name__ == "__main__":

@@ -1,141 +1,56 @@
-"""Redis Pub/Sub: every subscriber connected to a channel gets every message published to it.
+"""Redis Pub/Sub with redis-py: every subscriber connected to a channel gets what is published.
 
-Redis keeps nothing. A message goes to the subscribers connected at that instant and is
-gone: a subscriber that is disconnected (its network, its restart, Redis's restart)
-misses what is published until it has subscribed again. At most once, in order per
-publisher connection. A subscriber that reads too slowly has its messages queued inside
-Redis up to `client-output-buffer-limit pubsub` (by default 32 MB at once, or 8 MB for
-60 s), and is then disconnected by Redis: the server protects itself, not the subscriber.
+    redis = clients.redis()
+    async with subscription(redis, "chat_messages") as messages:
+        await publish(redis, b"hello")             # PUBLISH chat_messages hello
+        async for message in messages: ...
 
-The subscriber reads the socket itself and parses with hiredis (the C parser that
-redis-py uses for speed): one read takes every message that has arrived, and each is
-parsed without an `await`. redis-py's `PubSub.get_message` costs an `await` and several
-Python layers per message, several times slower (measured in notebook 02).
+Redis keeps nothing: a message goes to the subscribers connected at that instant, in
+publishing order, and is gone. At most once. Two ways to lose messages:
+
+* **a lost connection**: redis-py reconnects by itself (the client's `Retry`, with backoff,
+  for as long as `clients.redis` is patient) and subscribes again, but what was published
+  meanwhile never reaches this subscriber. redis-py does not say that it reconnected; Redis
+  does, by confirming the subscription again, so `messages` reports that as
+  "resubscribed": the moment from which messages may have been missed;
+* **a slow subscriber**: what it has not read waits in its output buffer inside Redis, up
+  to `client-output-buffer-limit pubsub` (32 MB at once, or 8 MB for 60 s, by default);
+  past that Redis closes the connection, and the subscriber resubscribes as above.
 """
 
-import asyncio
-import ssl
-from collections.abc import AsyncIterator, Sequence
-from urllib.parse import unquote, urlsplit
+import contextlib
+from collections.abc import AsyncIterator
 
-import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
-from patterns.pubsub.retry import Backoff, OnState, log_state, reason
+from patterns.events import OnEvent, log_event
 
-CHANNEL = "chat_messages"  # WIRE.md: the book's chat channel
-READ_BYTES = 1 << 16
-IDLE_S = 30.0  # silent this long: PING; silent twice as long: the connection is dead
-
-
-class Publisher:
-    def __init__(self, url: str, channel: str = CHANNEL) -> None:
-        self.client = aioredis.from_url(url)
-        self.channel = channel
-
-    async def publish(self, payloads: Sequence[bytes]) -> None:
-        """One round trip for the whole batch (a pipeline, not a transaction)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.publish(self.channel, payload)
-            await pipe.execute()
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+CHANNEL = "chat_messages"  # docs/wire.md: the book's chat channel
 
 
-class Subscriber:
-    """`async with Subscriber(url, channel) as s:` then `async for batch in s.batches()`."""
+async def publish(redis: aioredis.Redis, message: bytes, channel: str = CHANNEL) -> int:
+    """PUBLISH; how many subscribers Redis handed the message to."""
+    return await redis.publish(channel, message)
 
-    def __init__(self, url: str, channel: str = CHANNEL, on_state: OnState = log_state) -> None:
-        self.url = url
-        self.channel = channel
-        self.on_state = on_state
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._parser = hiredis.Reader()
 
-    async def _connect(self) -> None:
-        """Connect, log in if the URL says so, subscribe, and wait for Redis to confirm."""
-        parts = urlsplit(self.url)
-        tls = ssl.create_default_context() if parts.scheme == "rediss" else None
-        self._reader, self._writer = await asyncio.open_connection(
-            parts.hostname or "127.0.0.1", parts.port or 6379, ssl=tls
-        )
-        self._parser = hiredis.Reader()
-        if parts.password is not None:
-            user = unquote(parts.username or "default")
-            self._send("AUTH", user, unquote(parts.password))
-            await self._expect(b"OK")
-        self._send("SUBSCRIBE", self.channel)
-        await self._expect([b"subscribe", self.channel.encode(), 1])
+@contextlib.asynccontextmanager
+async def subscription(
+    redis: aioredis.Redis, channel: str = CHANNEL, on_event: OnEvent = log_event
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """SUBSCRIBE; once entered, everything published to `channel` reaches the messages."""
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        await pubsub.get_message(timeout=None)  # Redis's confirmation: subscribed from now on
+        on_event("subscribed", channel=channel)
+        yield messages(pubsub, on_event)
 
-    def _send(self, *command: str | bytes) -> None:
-        assert self._writer is not None
-        self._writer.write(hiredis.pack_command(command))
 
-    async def _expect(self, expected: object) -> None:
-        assert self._reader is not None
-        while (reply := self._parser.gets()) is False:
-            if not (data := await self._reader.read(READ_BYTES)):
-                raise ConnectionResetError("Redis closed the connection")
-            self._parser.feed(data)
-        if reply != expected:
-            raise ConnectionError(f"Redis answered {reply!r}, expected {expected!r}")
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.transport.abort()
-            self._writer = self._reader = None
-
-    async def __aenter__(self) -> "Subscriber":
-        await self._connect()
-        self.on_state("subscribed", f"to {self.channel}")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._close()
-
-    async def _read(self) -> bytes:
-        """The next bytes from Redis; a PING after IDLE_S of silence, so a dead peer shows."""
-        assert self._reader is not None
-        try:
-            data = await asyncio.wait_for(self._reader.read(READ_BYTES), IDLE_S)
-        except TimeoutError:
-            self._send("PING")
-            data = await asyncio.wait_for(self._reader.read(READ_BYTES), IDLE_S)
-        if not data:
-            raise ConnectionResetError("Redis closed the connection")
-        return data
-
-    async def _reconnect(self, error: BaseException) -> None:
-        self._close()
-        self.on_state("lost", f"{self.channel}: {reason(error)}; what is published now is lost")
-        backoff = Backoff()
-        while True:
-            await backoff.wait()
-            try:
-                await self._connect()
-            except (OSError, TimeoutError) as retry_error:
-                self._close()
-                self.on_state("retrying", reason(retry_error))
-            else:
-                self.on_state("reconnected", f"subscribed to {self.channel} again")
-                return
-
-    async def batches(self) -> AsyncIterator[list[bytes]]:
-        """Every message, in lists of what one read brought; reconnects when the link drops."""
-        while True:
-            try:
-                data = await self._read()
-            except (OSError, TimeoutError) as error:
-                await self._reconnect(error)
-                continue
-            self._parser.feed(data)
-            batch = []
-            while (reply := self._parser.gets()) is not False:
-                if isinstance(reply, list) and reply[0] == b"message":
-                    batch.append(reply[2])
-                # else: the answer to our PING ([b"pong", b""]): the link is alive
-            if batch:
-                yield batch
+async def messages(pubsub: PubSub, on_event: OnEvent = log_event) -> AsyncIterator[bytes]:
+    """Each message published to the subscribed channel, in order, as it arrives."""
+    async for message in pubsub.listen():
+        if message["type"] == "message":
+            yield message["data"]
+        elif message["type"] == "subscribe":  # redis-py reconnected and subscribed again
+            channel = message["channel"].decode()
+            on_event("resubscribed", channel=channel, missed="what was published meanwhile")

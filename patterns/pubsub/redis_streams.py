@@ -1,132 +1,102 @@
-"""Redis Streams: an append-only log in Redis; every reader reads it from its own cursor.
+"""Redis Streams with redis-py: an append-only log; every reader reads it from its own cursor.
 
-A publisher appends (XADD) an entry with one field, `message`. A reader remembers the id
-of the last entry it has read and asks for what comes after it (XREAD BLOCK), so:
+    redis = clients.redis()
+    await publish(redis, b"hello")             # XADD chat_stream MAXLEN ~ 10000 * message hello
+    async with subscription(redis) as entries: # from now on ("$", pinned to an id)
+        async for entry_id, message in entries: ...  # XREAD BLOCK from the last id read
 
-* a reader that was disconnected resumes from its cursor: it gets what was appended
-  meanwhile, nothing twice, in order (Pub/Sub loses exactly that part);
-* a late reader can read the history first (XRANGE/XREVRANGE), then live entries;
-* the log is bounded: each XADD trims it to about `maxlen` entries (`MAXLEN ~`: Redis trims
-  whole internal nodes, so a few more may stay, which makes trimming cheap). A reader away
-  for longer than the stream holds finds its next entries trimmed away; it says so.
+A publisher appends an entry with one field, `message`. A reader keeps the id of the last
+entry it read, its cursor, and asks for what follows (XREAD BLOCK), so:
 
-Entries without a `message` field (written by something else) are counted and skipped.
+* a reader whose connection drops resumes from its cursor: redis-py's `Retry` reconnects
+  and sends the same XREAD again, and the reader gets what was appended meanwhile, nothing
+  twice, in order (Pub/Sub loses exactly that part);
+* a late reader reads the history first (XREVRANGE up to its cursor), then live entries;
+* the log is bounded: each XADD trims the stream to about `maxlen` entries (`MAXLEN ~`:
+  Redis trims whole internal nodes, so a few more may stay, which keeps trimming cheap).
+  A reader further behind than the stream holds (away too long, or too slow) finds its
+  next entries trimmed away: it reports "trimmed" when the entry it read last is gone.
+
+An entry without a `message` field (written by something else) is reported and skipped.
 """
 
-import logging
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
-from patterns.pubsub.retry import Backoff, OnState, log_state, reason
+from patterns.events import OnEvent, log_event
 
-STREAM = "chat_stream"  # WIRE.md
+STREAM = "chat_stream"  # docs/wire.md
 FIELD = b"message"
 MAXLEN = 10_000
-COUNT = 1_000  # entries per XREAD: what is ready comes in one reply
-BLOCK_MS = 1_000  # under redis-py's 5 s socket timeout, so a quiet stream is not an error
+COUNT = 1_000  # entries per XREAD at most: what is there comes in one reply
+BLOCK_MS = 1_000  # shorter than redis-py's socket timeout: a quiet stream is no error
 
-log = logging.getLogger("patterns.pubsub")
+
+async def publish(
+    redis: aioredis.Redis, message: bytes, stream: str = STREAM, maxlen: int = MAXLEN
+) -> bytes:
+    """XADD, trimming the stream to about `maxlen` entries; the new entry's id."""
+    return await redis.xadd(stream, {FIELD: message}, maxlen=maxlen, approximate=True)
+
+
+async def last_id(redis: aioredis.Redis, stream: str = STREAM) -> bytes:
+    """The id of the newest entry (0-0 for an empty stream): "now", as a cursor."""
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0] if newest else b"0-0"
+
+
+async def history(
+    redis: aioredis.Redis, upto: bytes, count: int, stream: str = STREAM
+) -> list[bytes]:
+    """The last `count` messages up to entry `upto`, oldest first."""
+    entries = await redis.xrevrange(stream, max=upto, count=count)
+    return [fields[FIELD] for _, fields in reversed(entries) if FIELD in fields]
+
+
+@contextlib.asynccontextmanager
+async def subscription(
+    redis: aioredis.Redis,
+    stream: str = STREAM,
+    after: bytes | str = "$",
+    count: int = COUNT,
+    on_event: OnEvent = log_event,
+) -> AsyncIterator[AsyncIterator[tuple[bytes, bytes]]]:
+    """Read `stream` after entry `after`: "$" (what is appended from now on), "0" (all it
+    holds) or the id of the last entry this reader had."""
+    cursor = await last_id(redis, stream) if after == "$" else after  # "now", pinned
+    on_event("subscribed", stream=stream, after=str(cursor))
+    yield entries(redis, stream, cursor, count, on_event)
+
+
+async def entries(
+    redis: aioredis.Redis, stream: str, cursor: bytes | str, count: int, on_event: OnEvent
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(entry id, message) of each entry after `cursor`, in order, for ever."""
+    while True:
+        reply = await redis.xread({stream: cursor}, count=count, block=BLOCK_MS)
+        for _, batch in reply:  # one stream: one (name, entries) pair, or none
+            if len(batch) == count and await trimmed_after(redis, stream, cursor):
+                on_event("trimmed", stream=stream, after=str(cursor), missed="trimmed entries")
+            for entry_id, fields in batch:
+                cursor = entry_id
+                if FIELD in fields:
+                    yield entry_id, fields[FIELD]
+                else:
+                    on_event("skipped", stream=stream, id=entry_id.decode(), why="no message")
+
+
+async def trimmed_after(redis: aioredis.Redis, stream: str, cursor: bytes | str) -> bool:
+    """May entries after `cursor` have been trimmed before they were read? Yes if the
+    stream no longer holds the cursor's entry itself (trimming takes the oldest first).
+    Only a full batch asks: a reader fewer than `count` entries behind is within what a
+    stream of `maxlen` >= `count` entries keeps."""
+    oldest = await redis.xrange(stream, count=1)
+    return bool(oldest) and entry_id(cursor) > (0, 0) and entry_id(oldest[0][0]) > entry_id(cursor)
 
 
 def entry_id(text: bytes | str) -> tuple[int, int]:
     """An entry id `1700000000000-3` as a tuple that compares in stream order."""
     millis, _, seq = (text.decode() if isinstance(text, bytes) else text).partition("-")
     return int(millis), int(seq or 0)
-
-
-class Publisher:
-    def __init__(self, url: str, stream: str = STREAM, maxlen: int = MAXLEN) -> None:
-        self.client = aioredis.from_url(url)
-        self.stream = stream
-        self.maxlen = maxlen
-
-    async def publish(self, payloads: Sequence[bytes]) -> None:
-        """Append the batch in one round trip, each XADD trimming the stream to ~maxlen."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.xadd(self.stream, {FIELD: payload}, maxlen=self.maxlen, approximate=True)
-            await pipe.execute()
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-class Subscriber:
-    """`async with Subscriber(url) as s:` then `async for batch in s.batches()`.
-
-    `after` is where to start: "$" (only what is appended from now on), "0" (everything the
-    stream holds) or the id of the last entry this reader had.
-    """
-
-    def __init__(
-        self, url: str, stream: str = STREAM, after: str = "$", on_state: OnState = log_state
-    ) -> None:
-        self.client = aioredis.from_url(url)
-        self.stream = stream
-        self.cursor = after
-        self.on_state = on_state
-        self.malformed = 0
-
-    async def __aenter__(self) -> "Subscriber":
-        if self.cursor == "$":  # pin "now" to an id, so history and live meet exactly there
-            last = await self.client.xrevrange(self.stream, count=1)
-            self.cursor = last[0][0].decode() if last else "0-0"
-        self.on_state("subscribed", f"to {self.stream} after {self.cursor}")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.client.aclose()
-
-    async def history(self, count: int, upto: str | None = None) -> list[bytes]:
-        """The last `count` messages up to entry `upto` (default: the cursor), oldest first."""
-        entries = await self.client.xrevrange(self.stream, max=upto or self.cursor, count=count)
-        return self._messages(reversed(entries))
-
-    def _messages(self, entries: object) -> list[bytes]:
-        messages = []
-        for _, fields in entries:  # type: ignore[attr-defined]
-            if (message := fields.get(FIELD)) is None:
-                self.malformed += 1
-                log.warning("%s: an entry without a %r field, skipped", self.stream, FIELD)
-            else:
-                messages.append(message)
-        return messages
-
-    async def _trimmed_since_cursor(self) -> bool:
-        info = await self.client.xinfo_stream(self.stream)
-        deleted = info.get("max-deleted-entry-id", b"0-0")
-        return entry_id(deleted) > entry_id(self.cursor)
-
-    async def _reconnect(self, error: BaseException) -> None:
-        self.on_state("lost", f"{self.stream}: {reason(error)}; will resume after {self.cursor}")
-        backoff = Backoff()
-        while True:
-            await backoff.wait()
-            try:
-                trimmed = await self._trimmed_since_cursor()
-            except redis.exceptions.ResponseError:  # the stream is gone: nothing to resume
-                trimmed = False
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as again:
-                self.on_state("retrying", reason(again))
-                continue
-            if trimmed:
-                self.on_state("trimmed", f"entries after {self.cursor} were trimmed meanwhile")
-            self.on_state("reconnected", f"resuming {self.stream} after {self.cursor}")
-            return
-
-    async def batches(self) -> AsyncIterator[list[bytes]]:
-        """Every message after the cursor, as many per batch as were there (up to COUNT)."""
-        while True:
-            try:
-                reply = await self.client.xread({self.stream: self.cursor}, COUNT, BLOCK_MS)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-                await self._reconnect(error)
-                continue
-            if not reply:
-                continue
-            entries = reply[0][1]
-            self.cursor = entries[-1][0].decode()
-            if batch := self._messages(entries):
-                yield batch
