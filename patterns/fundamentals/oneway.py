@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 import zmq
@@ -34,8 +35,10 @@ from patterns.measure import (
     read_probe,
     reporting,
 )
-from patterns.measure.live import LivePlot
 from patterns.messages import MalformedMessage
+
+if TYPE_CHECKING:  # the notebook's plot; a child process needs no matplotlib
+    from patterns.measure.live import LivePlot
 
 TRANSPORTS = ("zmq", "redis")
 NAMES = {"zmq": "ZeroMQ, peer-to-peer", "redis": "Redis list, brokered"}
@@ -227,7 +230,7 @@ async def run(
     transport: str,
     count: int,
     rate: float | None = None,
-    plot: LivePlot | None = None,
+    plot: "LivePlot | None" = None,
     drop: tuple[int, ...] = (),
     duplicate: tuple[int, ...] = (),
     impl: str = "idiomatic",
