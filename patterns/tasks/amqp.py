@@ -29,6 +29,7 @@ Beyond the book's sample:
 """
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from itertools import islice
 
@@ -42,6 +43,7 @@ from patterns.tasks.collect import IDLE_S, INTERVAL_S, Collector
 from patterns.tasks.job import Channels
 from patterns.tasks.work import Outcome, Worker
 
+log = logging.getLogger("patterns.tasks.amqp")
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 ATTEMPTS = "x-attempts"
 PREFETCH = 10  # unacked tasks a worker holds: tens of ms of hashing
@@ -163,13 +165,18 @@ async def worker(
 async def finish(
     channel: AbstractChannel, channels: Channels, message: AbstractIncomingMessage, outcome: Outcome
 ) -> None:
-    """Publish what the task produced; ack it once all is confirmed (requeue on a nack)."""
-    async with message.process(requeue=True, ignore_processed=True):
-        if outcome.result is not None:
-            await publish(channel, channels.results, outcome.result)  # the book's `Found:`
-        if outcome.dead is not None:
-            await publish(channel, channels.dead, message.body, **{"x-reason": outcome.dead.reason})
-        await publish(channel, channels.reports, outcome.report)
+    """Publish what the task produced; ack it once all is confirmed. If a publish fails (the
+    connection lost, the broker's nack), the task is not acked: it will be delivered again."""
+    try:
+        async with message.process(requeue=True, ignore_processed=True):
+            if outcome.result is not None:
+                await publish(channel, channels.results, outcome.result)  # the book's `Found:`
+            if outcome.dead is not None:
+                reason = {"x-reason": outcome.dead.reason}
+                await publish(channel, channels.dead, message.body, **reason)
+            await publish(channel, channels.reports, outcome.report)
+    except Exception as error:
+        log.warning("a task stays unacked (%s): it will come again", clients.reason(error))
 
 
 # ---- collector --------------------------------------------------------------------------
@@ -193,9 +200,10 @@ async def collector(
         control = await channel.get_exchange(channels.control)
 
         async def take(message: AbstractIncomingMessage) -> None:
-            async with message.process():
-                if (notice := collected.take(message.body)) is not None:
-                    await control.publish(aio_pika.Message(wire.encode(notice)), routing_key="")
+            async with message.process():  # recorded, then acked (take never raises)
+                notice = collected.take(message.body)
+            if notice is not None:
+                await control.publish(aio_pika.Message(wire.encode(notice)), routing_key="")
 
         for name in (channels.results, channels.reports):
             await (await channel.get_queue(name)).consume(take)
