@@ -20,8 +20,8 @@ from patterns.reqrep import (
     ReplyError,
     RequestTimeout,
     connect,
+    handler,
     pipe,
-    replier,
     wire,
     zeromq,
 )
@@ -51,6 +51,9 @@ def test_requests_and_replies_are_the_books_json() -> None:
         (b"[1, 2]", "a request is a JSON object, not list", None),
         (b'{"type": "request", "data": 1}', "id must be a non-empty string", None),
         (b'{"type": "response", "id": "r7"}', "type is 'response', not 'request'", "r7"),
+        (b'{"id": "r8", "data": NaN}', "not JSON: NaN is not a JSON value", None),
+        (b'{"id": "r9", "data": ' + b"9" * 5_000 + b"}", "Exceeds the limit", None),
+        (b"[" * 100_000, "nested too deep", None),
     ],
 )
 def test_an_unreadable_request_says_why_and_keeps_its_id(raw, problem, request_id) -> None:
@@ -75,9 +78,9 @@ def test_lines_are_split_across_chunks_and_an_endless_line_is_cut() -> None:
 
 
 async def test_the_books_sum_answers_now_or_after_its_delay() -> None:
-    assert replier.add({"a": 1, "b": 2}) == {"sum": 3}
+    assert handler.add({"a": 1, "b": 2}) == {"sum": 3}
     started = time.perf_counter()
-    assert await replier.add({"a": 1, "b": 2, "delay": 50}) == {"sum": 3}
+    assert await handler.add({"a": 1, "b": 2, "delay": 50}) == {"sum": 3}
     assert time.perf_counter() - started >= 0.045
     for bad, problem in [
         ([1, 2], "an object with a and b"),
@@ -86,19 +89,19 @@ async def test_the_books_sum_answers_now_or_after_its_delay() -> None:
         ({"a": 1, "b": 1, "delay": -5}, "delay must be 0 to 60000 ms"),
     ]:
         with pytest.raises(wire.BadRequest, match=problem):
-            replier.add(bad)
+            handler.add(bad)
 
 
 async def test_a_failing_handler_becomes_an_error_reply() -> None:
     def broken(data: object) -> object:
         return 1 / 0
 
-    assert replier.answer(broken, {}) == (
+    assert handler.answer(broken, {}) == (
         None,
         "the handler failed: ZeroDivisionError: division by zero",
     )
-    counts = replier.ReplierCounts()
-    reply = replier.respond(lambda data: {1, 2}, wire.request("r1", None), counts)
+    counts = handler.ReplierCounts()
+    reply = handler.respond(lambda data: {1, 2}, wire.request("r1", None), counts)
     assert wire.read_reply(reply)[2].startswith("the reply is not JSON")
     assert (counts.answered, counts.refused) == (0, 1)
 
@@ -267,7 +270,7 @@ def test_the_pipe_replier_answers_a_broken_line_with_an_error_and_goes_on() -> N
 
 def test_the_books_requester_prints_replies_as_they_come() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "patterns.reqrep.requester", "--transport", "pipe"],
+        [sys.executable, "-m", "patterns.reqrep", "requester", "--transport", "pipe"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,12 +2,13 @@
 
 * `correlation`: the requester's correlation map, timeouts and errors, shared by all;
 * `wire`: requests and replies as the book's samples write them (JSON);
-* `replier`: what a replier answers (the book's sum, after a delay), and its command line;
+* `handler`: what a replier answers (the book's sum, after a delay), whatever the channel;
 * `pipe`, `zeromq`: the correlation identifier over a child process's stdin/stdout, and
   over ZeroMQ DEALER/ROUTER;
 * `amqp`, `redis_streams`: the return address over RabbitMQ (a reply queue per requester,
   or direct reply-to) and over Redis (a request stream, a reply list per requester);
-* `load`: open-loop load from a child process, reporting latency and throughput live.
+* `load`: open-loop load from a child process, reporting latency and throughput live;
+* `python -m patterns.reqrep`: each role from a terminal (see `__main__`).
 
 Every transport gives the same requester: `async with connect(transport) as r:
 await r.request(data, timeout)`.
@@ -16,7 +17,6 @@ await r.request(data, timeout)`.
 import contextlib
 from collections.abc import AsyncIterator
 
-from patterns import config
 from patterns.reqrep.correlation import (
     DEFAULT_TIMEOUT_S,
     ChannelClosed,
@@ -55,10 +55,12 @@ async def connect(
     address: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     url: str | None = None,
+    patience: float | None = None,
 ) -> AsyncIterator[Requester]:
     """A requester over `transport`; `address` is where its replier listens: the ZeroMQ
     endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None);
-    `url` is the broker's (default: AMQP_URL or REDIS_URL)."""
+    `url` is the broker's (default: AMQP_URL or REDIS_URL), and `patience` how long it
+    waits for a broker that does not answer (default: `config.GIVE_UP_AFTER_S`)."""
     if transport == "pipe":
         from patterns.reqrep import pipe
 
@@ -72,13 +74,12 @@ async def connect(
 
         queue = address or amqp.REQUESTS_QUEUE
         direct = transport == "amqp-direct"
-        context = amqp.requester(url or config.AMQP_URL, queue, direct, timeout)
+        context = amqp.requester(url, queue, direct, timeout, patience)
     elif transport == "redis":
         from patterns.reqrep import redis_streams
 
-        context = redis_streams.requester(
-            url or config.REDIS_URL, address or redis_streams.REQUESTS_STREAM, timeout
-        )
+        stream = address or redis_streams.REQUESTS_STREAM
+        context = redis_streams.requester(url, stream, timeout, patience)
     else:
         raise ValueError(f"transport is {transport!r}, not one of {', '.join(TRANSPORTS)}")
     async with context as connected:
