@@ -183,7 +183,7 @@ async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transpo
 async def test_a_closed_requester_fails_at_once(transport: str) -> None:
     async with serving(transport) as (address, _):
         async with connect(transport, address) as connected:
-            pending = asyncio.create_task(connected.request({"a": 1, "b": 2, "delay": 5_000}))
+            pending = asyncio.create_task(connected.request({"a": 1, "b": 2, "delay": 1_000}))
             await eventually(lambda: len(connected) == 1)
         with pytest.raises(ChannelClosed, match="the requester was closed"):
             await pending
