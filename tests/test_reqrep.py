@@ -14,6 +14,7 @@ import zmq.asyncio
 
 from patterns.messages import MalformedMessage
 from patterns.reqrep import (
+    FAST,
     TRANSPORTS,
     ChannelClosed,
     Overloaded,
@@ -108,10 +109,24 @@ async def test_a_failing_handler_becomes_an_error_reply() -> None:
 
 # ---- the same guarantees over every transport -------------------------------------------
 
+# each transport, and the tuned variants of those that have one
+VARIANTS = pytest.mark.parametrize(
+    ("transport", "fast"),
+    [(transport, False) for transport in TRANSPORTS] + [(transport, True) for transport in FAST],
+    ids=[*TRANSPORTS, *(f"{transport}-fast" for transport in FAST)],
+)
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+
+def tuned(fast: bool) -> tuple[str, ...]:
+    return ("--fast",) if fast else ()
+
+
+@VARIANTS
+async def test_replies_are_matched_in_whatever_order_they_come(transport: str, fast: bool) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         order: list[int] = []
 
         async def ask(a: int, delay: int) -> dict:
@@ -136,11 +151,11 @@ async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -
         }
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_many_requests_in_flight_all_matched(transport: str) -> None:
+@VARIANTS
+async def test_many_requests_in_flight_all_matched(transport: str, fast: bool) -> None:
     async with (
-        serving(transport, *prefetch(transport)) as (address, _),
-        connect(transport, address) as connected,
+        serving(transport, *prefetch(transport), *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
     ):
         delays = [random.randrange(0, 100) for _ in range(1_000)]
         replies = await asyncio.gather(
@@ -154,11 +169,14 @@ def prefetch(transport: str) -> tuple[str, ...]:
     return ("--prefetch", "1000") if transport in ("amqp", "amqp-direct", "redis") else ()
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@VARIANTS
 async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
-    transport: str,
+    transport: str, fast: bool
 ) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         with pytest.raises(RequestTimeout) as timed_out:
             await connected.request({"a": 1, "b": 2, "delay": 400}, timeout=0.1)
         error = timed_out.value
@@ -170,9 +188,14 @@ async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
         assert (connected.counts.timed_out, connected.counts.unknown) == (1, 0)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transport: str) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+@VARIANTS
+async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(
+    transport: str, fast: bool
+) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         with pytest.raises(ReplyError, match="a must be a number, not 'one'"):
             await connected.request({"a": "one", "b": 2})
         assert await connected.request({"a": 1, "b": 2}) == {"sum": 3}
@@ -191,9 +214,18 @@ async def test_a_closed_requester_fails_at_once(transport: str) -> None:
             await asyncio.wait_for(connected.request({"a": 1, "b": 2}), 1)
 
 
-@pytest.mark.parametrize("transport", ["zmq", "amqp", "redis"])
-async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(transport: str) -> None:
-    async with serving(transport) as (address, started), connect(transport, address) as asker:
+@pytest.mark.parametrize(
+    ("transport", "fast"),
+    [("zmq", False), ("amqp", False), ("redis", False), ("zmq", True), ("redis", True)],
+    ids=["zmq", "amqp", "redis", "zmq-fast", "redis-fast"],
+)
+async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(
+    transport: str, fast: bool
+) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, started),
+        connect(transport, address, fast=fast) as asker,
+    ):
         pending = [
             asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(10)
         ]
@@ -281,10 +313,14 @@ def test_the_books_requester_prints_replies_as_they_come() -> None:
 # ---- ZeroMQ -----------------------------------------------------------------------------
 
 
-async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new_one_answers() -> (
-    None
-):
-    async with serving("zmq") as (endpoint, started), zeromq.requester(endpoint, 30) as connected:
+@pytest.mark.parametrize("fast", [False, True], ids=["zmq", "zmq-fast"])
+async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new_one_answers(
+    fast: bool,
+) -> None:
+    async with (
+        serving("zmq", *tuned(fast)) as (endpoint, started),
+        connect("zmq", endpoint, timeout=30, fast=fast) as connected,
+    ):
         assert await connected.request({"a": 1, "b": 1}) == {"sum": 2}
         pending = [
             asyncio.create_task(connected.request({"a": n, "b": 1, "delay": 20_000}))
@@ -301,7 +337,7 @@ async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new
         )
         with pytest.raises(RequestTimeout):  # nobody there: it waits, but not for ever
             await connected.request({"a": 1, "b": 1}, timeout=0.3)
-        started.append(await start_replier("zmq", endpoint))  # ZeroMQ reconnects by itself
+        started.append(await start_replier("zmq", endpoint, *tuned(fast)))  # it reconnects
         assert await connected.request({"a": 2, "b": 2}) == {"sum": 4}
 
 

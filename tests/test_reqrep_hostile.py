@@ -141,9 +141,10 @@ async def test_zmq_replier_answers_an_integer_too_long_for_python_and_goes_on() 
     assert (counts["refused"], counts["answered"]) == (101, 1)
 
 
-def test_zmq_replier_survives_fuzzing() -> None:
+@pytest.mark.parametrize("tuned", [(), ("--fast",)], ids=["zmq", "zmq-fast"])
+def test_zmq_replier_survives_fuzzing(tuned: tuple[str, ...]) -> None:
     with asyncio.Runner() as runner:
-        replier = runner.run(load.start_replier("zmq", None))
+        replier = runner.run(load.start_replier("zmq", None, *tuned))
         context = zmq.asyncio.Context()
         dealer = context.socket(zmq.DEALER)
         dealer.linger = 0
@@ -331,10 +332,11 @@ def redis_requests(reply_to: str) -> st.SearchStrategy[dict]:
     ).filter(bool)  # an entry has a field at least
 
 
-def test_redis_replier_survives_fuzzing() -> None:
+@pytest.mark.parametrize("tuned", [(), ("--fast",)], ids=["redis", "redis-fast"])
+def test_redis_replier_survives_fuzzing(tuned: tuple[str, ...]) -> None:
     stream, reply_to = fresh_name(), f"replies:{uuid.uuid4().hex}"
     with asyncio.Runner() as runner:
-        replier = runner.run(load.start_replier("redis", stream))
+        replier = runner.run(load.start_replier("redis", stream, *tuned))
         redis = clients.redis()
         sent = replied = 0
 

@@ -7,6 +7,8 @@
   over ZeroMQ DEALER/ROUTER;
 * `amqp`, `redis_streams`: the return address over RabbitMQ (a reply queue per requester,
   or direct reply-to) and over Redis (a request stream, a reply list per requester);
+* `zeromq_fast`, `redis_streams_fast`: the same patterns, tuned (notebooks 09-10, "Going
+  faster"): messages read without an await each, commands batched into pipelines;
 * `load`: open-loop load from a child process, reporting latency and throughput live;
 * `python -m patterns.reqrep`: each role from a terminal (see `__main__`).
 
@@ -28,6 +30,7 @@ from patterns.reqrep.correlation import (
 )
 
 TRANSPORTS = ("pipe", "zmq", "amqp", "amqp-direct", "redis")
+FAST = ("zmq", "redis")  # the transports with a tuned variant
 NAMES = {
     "pipe": "pipe (stdin/stdout)",
     "zmq": "ZeroMQ DEALER/ROUTER",
@@ -37,6 +40,7 @@ NAMES = {
 }
 
 __all__ = [
+    "FAST",
     "NAMES",
     "TRANSPORTS",
     "ChannelClosed",
@@ -56,19 +60,24 @@ async def connect(
     timeout: float = DEFAULT_TIMEOUT_S,
     url: str | None = None,
     patience: float | None = None,
+    fast: bool = False,
 ) -> AsyncIterator[Requester]:
     """A requester over `transport`; `address` is where its replier listens: the ZeroMQ
     endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None);
     `url` is the broker's (default: AMQP_URL or REDIS_URL), and `patience` how long it
-    waits for a broker that does not answer (default: `config.GIVE_UP_AFTER_S`)."""
+    waits for a broker that does not answer (default: `config.GIVE_UP_AFTER_S`); `fast`
+    asks for the tuned variant (one of `FAST`)."""
+    if fast and transport not in FAST:
+        raise ValueError(f"{transport} has no tuned variant; these do: {', '.join(FAST)}")
     if transport == "pipe":
         from patterns.reqrep import pipe
 
         context = pipe.requester(timeout=timeout)
     elif transport == "zmq":
-        from patterns.reqrep import zeromq
+        from patterns.reqrep import zeromq, zeromq_fast
 
-        context = zeromq.requester(address or zeromq.DEFAULT_ENDPOINT, timeout)
+        module = zeromq_fast if fast else zeromq
+        context = module.requester(address or zeromq.DEFAULT_ENDPOINT, timeout)
     elif transport in ("amqp", "amqp-direct"):
         from patterns.reqrep import amqp
 
@@ -76,10 +85,11 @@ async def connect(
         direct = transport == "amqp-direct"
         context = amqp.requester(url, queue, direct, timeout, patience)
     elif transport == "redis":
-        from patterns.reqrep import redis_streams
+        from patterns.reqrep import redis_streams, redis_streams_fast
 
+        module = redis_streams_fast if fast else redis_streams
         stream = address or redis_streams.REQUESTS_STREAM
-        context = redis_streams.requester(url, stream, timeout, patience)
+        context = module.requester(url, stream, timeout, patience)
     else:
         raise ValueError(f"transport is {transport!r}, not one of {', '.join(TRANSPORTS)}")
     async with context as connected:

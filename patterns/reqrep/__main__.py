@@ -20,7 +20,17 @@ from typing import Any
 
 from patterns import cli, processes
 from patterns.events import log_event
-from patterns.reqrep import TRANSPORTS, amqp, connect, load, pipe, redis_streams, zeromq
+from patterns.reqrep import (
+    TRANSPORTS,
+    amqp,
+    connect,
+    load,
+    pipe,
+    redis_streams,
+    redis_streams_fast,
+    zeromq,
+    zeromq_fast,
+)
 from patterns.reqrep.book import BOOK_REQUESTS, ask
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S
 from patterns.reqrep.handler import add
@@ -70,6 +80,9 @@ def parser() -> cli.Parser:
         "--prefetch", type=count, default=amqp.PREFETCH, help="amqp, redis: requests at once"
     )
     replier.add_argument(
+        "--fast", action="store_true", help="zmq, redis: the tuned replier (*_fast.py)"
+    )
+    replier.add_argument(
         "--claim-after",
         type=cli.positive,
         default=redis_streams.CLAIM_AFTER_S,
@@ -110,11 +123,13 @@ async def serve(options: argparse.Namespace) -> None:
     if options.transport == "stdio":  # stdout carries the replies: the reports go to the log
         await pipe.serve(add, on_event=log_event)
     elif options.transport == "zmq":
-        await zeromq.serve(add, options.endpoint, on_event=report)
+        module = zeromq_fast if options.fast else zeromq
+        await module.serve(add, options.endpoint, on_event=report)
     elif options.transport == "amqp":
         await amqp.serve(add, options.queue, options.prefetch, on_event=report)
     else:
-        await redis_streams.serve(
+        module = redis_streams_fast if options.fast else redis_streams
+        await module.serve(
             add, options.stream, options.prefetch, options.claim_after, on_event=report
         )
 
@@ -150,5 +165,8 @@ async def main(options: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    arguments = parser().parse_args()
+    top = parser()
+    arguments = top.parse_args()
+    if getattr(arguments, "fast", False) and arguments.transport not in ("zmq", "redis"):
+        top.error(f"--fast: {arguments.transport} has no tuned replier; zmq and redis do")
     cli.run(main(arguments), arguments.role, arguments.give_up_after)
