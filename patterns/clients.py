@@ -275,6 +275,8 @@ def _give_up_after(
     closing: set[asyncio.Task] = set()
 
     def give_up() -> None:
+        if connection.is_closed:  # its owner closed it meanwhile: nothing left to give up
+            return
         error = BrokerLost(
             f"RabbitMQ at {config.redacted(url)} was unreachable for {patience:g} s: gave up."
         )
