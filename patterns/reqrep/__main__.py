@@ -10,8 +10,9 @@ the book's requests, or your own:
 Over the pipe, the requester starts its replier itself (`replier --transport stdio`).
 `python -m patterns.reqrep ROLE --help` lists a role's options. The defaults are the
 book's names, so its Node.js samples can take either side. The requester prints each
-reply as it comes and exits with 1 if any request failed; the replier prints its reports
-("ready", then "result" when stopped) as JSON lines.
+reply as it comes and exits with 1 if any request failed; a replier prints its reports
+("ready", then "result" when stopped) as JSON lines, except over stdio, where stdout
+carries the replies.
 """
 
 import argparse
@@ -19,7 +20,6 @@ import json
 from typing import Any
 
 from patterns import cli, processes
-from patterns.events import log_event
 from patterns.reqrep import (
     TRANSPORTS,
     amqp,
@@ -120,8 +120,8 @@ def parser() -> cli.Parser:
 
 async def serve(options: argparse.Namespace) -> None:
     report = processes.report
-    if options.transport == "stdio":  # stdout carries the replies: the reports go to the log
-        await pipe.serve(add, on_event=log_event)
+    if options.transport == "stdio":  # stdout carries the replies: no reports
+        await pipe.serve(add)
     elif options.transport == "zmq":
         module = zeromq_fast if options.fast else zeromq
         await module.serve(add, options.endpoint, on_event=report)

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Sequence
 from subprocess import PIPE
 from typing import Any
 
-from patterns.events import OnEvent, log_event
 from patterns.messages import MalformedMessage
 from patterns.processes import REPORT_FD
 from patterns.reqrep import wire
@@ -144,10 +143,10 @@ async def requester(
 # ---- the replier: python -m patterns.reqrep replier --transport stdio ------------------
 
 
-async def serve(handler: Handler, on_event: OnEvent = log_event) -> None:
+async def serve(handler: Handler) -> None:
     """Answer each request line on stdin with a reply line on stdout, until stdin ends.
 
-    `on_event` must not write to stdout: that is where the replies go.
+    It reports nothing: its stdout is the channel, and its requester reads replies there.
     """
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=CHUNK)
@@ -178,4 +177,3 @@ async def serve(handler: Handler, on_event: OnEvent = log_event) -> None:
     finally:  # the requester is gone: nobody waits for the answers in hand
         for task in waiting:
             task.cancel()
-        on_event("result", **vars(counts))
