@@ -43,6 +43,10 @@ class ZmqRequester(Requester):
         self._socket.linger = 0
         self._socket.heartbeat_ivl = HEARTBEAT_MS
         self._socket.heartbeat_timeout = 3 * HEARTBEAT_MS
+        # no limit on the replies queued: each answers a request of ours, so they are bounded
+        # anyway, and a receive queue at its limit with heartbeats on trips an assertion in
+        # libzmq (stream_engine_base.cpp, "_input_stopped"), which aborts the process
+        self._socket.rcvhwm = 0
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
