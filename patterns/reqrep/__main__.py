@@ -109,6 +109,9 @@ def parser() -> cli.Parser:
         "--max-pending", type=count, default=1_000, help="more at once are shed, not queued"
     )
     load_role.add_argument("--replier-pid", type=int, help="to count the replier's CPU")
+    load_role.add_argument(
+        "--fast", action="store_true", help="zmq, redis: the tuned requester (*_fast.py)"
+    )
 
     lateness = roles.add_parser("lateness", help="how late each pacer hands requests over")
     lateness.add_argument("--rate", type=cli.positive, default=1_000.0, help="per s")
@@ -158,6 +161,7 @@ async def main(options: argparse.Namespace) -> None:
             options.pacer,
             options.max_pending,
             options.replier_pid,
+            options.fast,
             on_event=processes.report,
         )
     else:
@@ -168,5 +172,5 @@ if __name__ == "__main__":
     top = parser()
     arguments = top.parse_args()
     if getattr(arguments, "fast", False) and arguments.transport not in ("zmq", "redis"):
-        top.error(f"--fast: {arguments.transport} has no tuned replier; zmq and redis do")
+        top.error(f"--fast: {arguments.transport} has no tuned variant; zmq and redis do")
     cli.run(main(arguments), arguments.role, arguments.give_up_after)

@@ -60,10 +60,6 @@ class ReplierCounts:
     undeliverable: int = 0  # replies sent that the transport could not route (requester gone)
     redelivered: int = 0  # requests taken over from a replier that died with them
 
-    def taken(self) -> int:
-        """Requests accounted for: answered, refused, skipped or expired."""
-        return self.answered + self.refused + self.skipped + self.expired
-
 
 def answer(handler: Handler, data: Any) -> Answer | Awaitable[Answer]:
     """What to reply to `data`: now, or an awaitable when the handler answers later."""

@@ -179,10 +179,11 @@ async def offer_steps(
     pacer: str = "timerfd",
     max_pending: int = 1_000,
     replier_pid: int | None = None,
+    fast: bool = False,
     on_event: OnEvent = log_event,
 ) -> dict:
     """The measuring side (a child process): one step per offered rate, reported live."""
-    async with connect(transport, to, timeout) as connected:
+    async with connect(transport, to, timeout, fast=fast) as connected:
         connected.max_pending = max_pending
         replier_pid = getattr(connected, "pid", None) or replier_pid
         cpu = CpuTime({"replier": replier_pid, "broker": await broker_pid(transport)})
