@@ -21,6 +21,7 @@ from typing import Any
 
 from patterns import cli, processes
 from patterns.reqrep import (
+    FAST,
     TRANSPORTS,
     amqp,
     connect,
@@ -171,6 +172,6 @@ async def main(options: argparse.Namespace) -> None:
 if __name__ == "__main__":
     top = parser()
     arguments = top.parse_args()
-    if getattr(arguments, "fast", False) and arguments.transport not in ("zmq", "redis"):
-        top.error(f"--fast: {arguments.transport} has no tuned variant; zmq and redis do")
+    if getattr(arguments, "fast", False) and arguments.transport not in FAST:
+        top.error(f"--fast: {arguments.transport} has no tuned variant; {' and '.join(FAST)} do")
     cli.run(main(arguments), arguments.role, arguments.give_up_after)
