@@ -195,8 +195,18 @@ class Patient(Retry):
                 await (fail(error, patience.failures) if with_failure_count else fail(error))
 
 
-def redis(url: str | None = None, patience: float | None = None, **options: Any) -> aioredis.Redis:
-    """A Redis client that waits out a lost connection for up to `patience` seconds."""
+def redis(
+    url: str | None = None,
+    patience: float | None = None,
+    max_connections: int | None = None,
+    **options: Any,
+) -> aioredis.Redis:
+    """A Redis client that waits out a lost connection for up to `patience` seconds.
+
+    Each command in flight holds a connection of the client's pool. With `max_connections`,
+    a command that finds them all busy waits for one (redis-py's `BlockingConnectionPool`)
+    instead of failing with "Too many connections" past redis-py's default of 100.
+    """
     url = url or config.REDIS_URL
     check_url(url, "REDIS_URL", ("redis", "rediss"))
     options = {
@@ -204,7 +214,12 @@ def redis(url: str | None = None, patience: float | None = None, **options: Any)
         "health_check_interval": HEALTH_CHECK_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
     } | options
-    return aioredis.from_url(url, **options)
+    if max_connections is None:
+        return aioredis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=None, **options
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 # ---- AMQP -------------------------------------------------------------------------------
@@ -260,6 +275,8 @@ def _give_up_after(
     closing: set[asyncio.Task] = set()
 
     def give_up() -> None:
+        if connection.is_closed:  # its owner closed it meanwhile: nothing left to give up
+            return
         error = BrokerLost(
             f"RabbitMQ at {config.redacted(url)} was unreachable for {patience:g} s: gave up."
         )

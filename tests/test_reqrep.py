@@ -14,14 +14,15 @@ import zmq.asyncio
 
 from patterns.messages import MalformedMessage
 from patterns.reqrep import (
+    FAST,
     TRANSPORTS,
     ChannelClosed,
     Overloaded,
     ReplyError,
     RequestTimeout,
     connect,
+    handler,
     pipe,
-    replier,
     wire,
     zeromq,
 )
@@ -51,6 +52,9 @@ def test_requests_and_replies_are_the_books_json() -> None:
         (b"[1, 2]", "a request is a JSON object, not list", None),
         (b'{"type": "request", "data": 1}', "id must be a non-empty string", None),
         (b'{"type": "response", "id": "r7"}', "type is 'response', not 'request'", "r7"),
+        (b'{"id": "r8", "data": NaN}', "not JSON: NaN is not a JSON value", None),
+        (b'{"id": "r9", "data": ' + b"9" * 5_000 + b"}", "Exceeds the limit", None),
+        (b"[" * 100_000, "nested too deep", None),
     ],
 )
 def test_an_unreadable_request_says_why_and_keeps_its_id(raw, problem, request_id) -> None:
@@ -75,9 +79,9 @@ def test_lines_are_split_across_chunks_and_an_endless_line_is_cut() -> None:
 
 
 async def test_the_books_sum_answers_now_or_after_its_delay() -> None:
-    assert replier.add({"a": 1, "b": 2}) == {"sum": 3}
+    assert handler.add({"a": 1, "b": 2}) == {"sum": 3}
     started = time.perf_counter()
-    assert await replier.add({"a": 1, "b": 2, "delay": 50}) == {"sum": 3}
+    assert await handler.add({"a": 1, "b": 2, "delay": 50}) == {"sum": 3}
     assert time.perf_counter() - started >= 0.045
     for bad, problem in [
         ([1, 2], "an object with a and b"),
@@ -86,29 +90,43 @@ async def test_the_books_sum_answers_now_or_after_its_delay() -> None:
         ({"a": 1, "b": 1, "delay": -5}, "delay must be 0 to 60000 ms"),
     ]:
         with pytest.raises(wire.BadRequest, match=problem):
-            replier.add(bad)
+            handler.add(bad)
 
 
 async def test_a_failing_handler_becomes_an_error_reply() -> None:
     def broken(data: object) -> object:
         return 1 / 0
 
-    assert replier.answer(broken, {}) == (
+    assert handler.answer(broken, {}) == (
         None,
         "the handler failed: ZeroDivisionError: division by zero",
     )
-    counts = replier.ReplierCounts()
-    reply = replier.respond(lambda data: {1, 2}, wire.request("r1", None), counts)
+    counts = handler.ReplierCounts()
+    reply = handler.respond(lambda data: {1, 2}, wire.request("r1", None), counts)
     assert wire.read_reply(reply)[2].startswith("the reply is not JSON")
     assert (counts.answered, counts.refused) == (0, 1)
 
 
 # ---- the same guarantees over every transport -------------------------------------------
 
+# each transport, and the tuned variants of those that have one
+VARIANTS = pytest.mark.parametrize(
+    ("transport", "fast"),
+    [(transport, False) for transport in TRANSPORTS] + [(transport, True) for transport in FAST],
+    ids=[*TRANSPORTS, *(f"{transport}-fast" for transport in FAST)],
+)
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+
+def tuned(fast: bool) -> tuple[str, ...]:
+    return ("--fast",) if fast else ()
+
+
+@VARIANTS
+async def test_replies_are_matched_in_whatever_order_they_come(transport: str, fast: bool) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         order: list[int] = []
 
         async def ask(a: int, delay: int) -> dict:
@@ -133,11 +151,11 @@ async def test_replies_are_matched_in_whatever_order_they_come(transport: str) -
         }
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_many_requests_in_flight_all_matched(transport: str) -> None:
+@VARIANTS
+async def test_many_requests_in_flight_all_matched(transport: str, fast: bool) -> None:
     async with (
-        serving(transport, *prefetch(transport)) as (address, _),
-        connect(transport, address) as connected,
+        serving(transport, *prefetch(transport), *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
     ):
         delays = [random.randrange(0, 100) for _ in range(1_000)]
         replies = await asyncio.gather(
@@ -151,11 +169,14 @@ def prefetch(transport: str) -> tuple[str, ...]:
     return ("--prefetch", "1000") if transport in ("amqp", "amqp-direct", "redis") else ()
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@VARIANTS
 async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
-    transport: str,
+    transport: str, fast: bool
 ) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         with pytest.raises(RequestTimeout) as timed_out:
             await connected.request({"a": 1, "b": 2, "delay": 400}, timeout=0.1)
         error = timed_out.value
@@ -167,9 +188,14 @@ async def test_a_timeout_names_the_request_and_its_late_reply_is_only_counted(
         assert (connected.counts.timed_out, connected.counts.unknown) == (1, 0)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transport: str) -> None:
-    async with serving(transport) as (address, _), connect(transport, address) as connected:
+@VARIANTS
+async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(
+    transport: str, fast: bool
+) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, _),
+        connect(transport, address, fast=fast) as connected,
+    ):
         with pytest.raises(ReplyError, match="a must be a number, not 'one'"):
             await connected.request({"a": "one", "b": 2})
         assert await connected.request({"a": 1, "b": 2}) == {"sum": 3}
@@ -180,7 +206,7 @@ async def test_a_bad_request_gets_an_error_reply_and_the_replier_goes_on(transpo
 async def test_a_closed_requester_fails_at_once(transport: str) -> None:
     async with serving(transport) as (address, _):
         async with connect(transport, address) as connected:
-            pending = asyncio.create_task(connected.request({"a": 1, "b": 2, "delay": 5_000}))
+            pending = asyncio.create_task(connected.request({"a": 1, "b": 2, "delay": 1_000}))
             await eventually(lambda: len(connected) == 1)
         with pytest.raises(ChannelClosed, match="the requester was closed"):
             await pending
@@ -188,9 +214,18 @@ async def test_a_closed_requester_fails_at_once(transport: str) -> None:
             await asyncio.wait_for(connected.request({"a": 1, "b": 2}), 1)
 
 
-@pytest.mark.parametrize("transport", ["zmq", "amqp", "redis"])
-async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(transport: str) -> None:
-    async with serving(transport) as (address, started), connect(transport, address) as asker:
+@pytest.mark.parametrize(
+    ("transport", "fast"),
+    [("zmq", False), ("amqp", False), ("redis", False), ("zmq", True), ("redis", True)],
+    ids=["zmq", "amqp", "redis", "zmq-fast", "redis-fast"],
+)
+async def test_a_replier_told_to_stop_first_answers_the_requests_in_hand(
+    transport: str, fast: bool
+) -> None:
+    async with (
+        serving(transport, *tuned(fast)) as (address, started),
+        connect(transport, address, fast=fast) as asker,
+    ):
         pending = [
             asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(10)
         ]
@@ -267,7 +302,7 @@ def test_the_pipe_replier_answers_a_broken_line_with_an_error_and_goes_on() -> N
 
 def test_the_books_requester_prints_replies_as_they_come() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "patterns.reqrep.requester", "--transport", "pipe"],
+        [sys.executable, "-m", "patterns.reqrep", "requester", "--transport", "pipe"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -278,10 +313,14 @@ def test_the_books_requester_prints_replies_as_they_come() -> None:
 # ---- ZeroMQ -----------------------------------------------------------------------------
 
 
-async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new_one_answers() -> (
-    None
-):
-    async with serving("zmq") as (endpoint, started), zeromq.requester(endpoint, 30) as connected:
+@pytest.mark.parametrize("fast", [False, True], ids=["zmq", "zmq-fast"])
+async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new_one_answers(
+    fast: bool,
+) -> None:
+    async with (
+        serving("zmq", *tuned(fast)) as (endpoint, started),
+        connect("zmq", endpoint, timeout=30, fast=fast) as connected,
+    ):
         assert await connected.request({"a": 1, "b": 1}) == {"sum": 2}
         pending = [
             asyncio.create_task(connected.request({"a": n, "b": 1, "delay": 20_000}))
@@ -298,7 +337,7 @@ async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new
         )
         with pytest.raises(RequestTimeout):  # nobody there: it waits, but not for ever
             await connected.request({"a": 1, "b": 1}, timeout=0.3)
-        started.append(await start_replier("zmq", endpoint))  # ZeroMQ reconnects by itself
+        started.append(await start_replier("zmq", endpoint, *tuned(fast)))  # it reconnects
         assert await connected.request({"a": 2, "b": 2}) == {"sum": 4}
 
 
@@ -367,8 +406,12 @@ def test_the_benchmark_reports_every_transport_against_the_raw_client() -> None:
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert set(result["transports"]) == set(TRANSPORTS)
-    for numbers in result["transports"].values():
-        assert numbers["ours_p50_ms"] > 0 and numbers["raw_p50_ms"] > 0
-        assert numbers["ratio"] == round(numbers["raw_p50_ms"] / numbers["ours_p50_ms"], 3)
-        assert numbers["max_rps_1"] > 0 and numbers["max_rps_64"] > 0
+    for transport, numbers in result["transports"].items():
+        sides = {"idiomatic", "fast", "raw"} if transport in FAST else {"idiomatic", "raw"}
+        assert sides <= set(numbers)
+        rps = f"rps_{result['in_flight']}"
+        assert all(numbers[side]["p50_ms"] > 0 and numbers[side][rps] > 0 for side in sides)
+        best = numbers[numbers["ratio_of"]]["p50_ms"]
+        assert numbers["ratio"] == round(numbers["raw"]["p50_ms"] / best, 3)
+        assert ("fast_speedup" in numbers) == (transport in FAST)
     assert isinstance(result["meets_target"], bool)

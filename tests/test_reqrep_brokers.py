@@ -4,14 +4,20 @@ import asyncio
 import json
 import time
 
-import aiormq
+import aio_pika
 import pytest
-import redis.asyncio as aioredis
-from pamqp.commands import Basic
 
-from patterns import config, processes
+from patterns import clients, config, processes
 from patterns.faults import Proxy
-from patterns.reqrep import ChannelClosed, RequestTimeout, amqp, connect, redis_streams, scenarios
+from patterns.reqrep import (
+    ChannelClosed,
+    RequestTimeout,
+    amqp,
+    connect,
+    load,
+    redis_streams,
+    scenarios,
+)
 from tests.reqrep_support import eventually, fresh_name, serving, start_replier
 
 # ---- AMQP -------------------------------------------------------------------------------
@@ -19,27 +25,23 @@ from tests.reqrep_support import eventually, fresh_name, serving, start_replier
 
 @pytest.mark.parametrize("direct", [False, True], ids=["reply-queue", "direct-reply-to"])
 async def test_amqp_replier_answers_a_body_that_is_not_json_with_an_error(direct: bool) -> None:
-    async with serving("amqp") as (queue, _):
-        connection = await aiormq.connect(config.AMQP_URL)
-        try:
-            channel = await connection.channel()
-            replies: asyncio.Queue = asyncio.Queue()
-            if direct:
-                reply_to = amqp.DIRECT_REPLY_TO
-            else:
-                reply_to = (await channel.queue_declare("", exclusive=True)).queue
-            await channel.basic_consume(reply_to, replies.put, no_ack=True)
+    async with serving("amqp") as (queue, _), await clients.amqp() as connection:
+        channel = await connection.channel()
+        if direct:
+            replies = await channel.get_queue(amqp.DIRECT_REPLY_TO, ensure=False)
+        else:
+            replies = await channel.declare_queue(exclusive=True)
+        async with replies.iterator(no_ack=True) as arriving:
             for body, correlation_id in [(b"{not json", "bad-1"), (b'{"a": 1, "b": 2}', "ok-2")]:
-                properties = Basic.Properties(correlation_id=correlation_id, reply_to=reply_to)
-                await channel.basic_publish(body, routing_key=queue, properties=properties)
-            bad, good = [await asyncio.wait_for(replies.get(), 10) for _ in range(2)]
-            assert bad.header.properties.correlation_id == "bad-1"
-            assert bad.header.properties.message_type == "error"
-            assert json.loads(bad.body)["error"].startswith("not JSON")
-            assert good.header.properties.correlation_id == "ok-2"
-            assert json.loads(good.body) == {"sum": 3}
-        finally:
-            await connection.close()
+                request = aio_pika.Message(
+                    body, correlation_id=correlation_id, reply_to=replies.name
+                )
+                await channel.default_exchange.publish(request, routing_key=queue)
+            bad, good = [await asyncio.wait_for(anext(arriving), 10) for _ in range(2)]
+        assert (bad.correlation_id, bad.type) == ("bad-1", "error")
+        assert json.loads(bad.body)["error"].startswith("not JSON")
+        assert good.correlation_id == "ok-2"
+        assert json.loads(good.body) == {"sum": 3}
 
 
 async def test_amqp_replies_to_a_requester_that_is_gone_come_back_to_the_replier() -> None:
@@ -54,24 +56,25 @@ async def test_amqp_replies_to_a_requester_that_is_gone_come_back_to_the_replier
         assert (await started[0].next_report("result"))["undeliverable"] == 5
 
 
-async def test_amqp_a_lost_connection_fails_every_pending_request_at_once() -> None:
-    async with serving("amqp") as (queue, _), Proxy(config.AMQP_URL) as proxy:
-        connection = amqp.AmqpRequester(proxy.url, queue, direct=False, timeout=30)
-        await connection.open()
-        try:
-            pending = [
-                asyncio.create_task(connection.request({"a": 1, "b": 2, "delay": 10_000}))
-                for _ in range(20)
-            ]
-            await eventually(lambda: connection.counts.sent == 20)
-            begun = time.perf_counter()
-            await proxy.cut()
-            results = await asyncio.gather(*pending, return_exceptions=True)
-            assert time.perf_counter() - begun < 5
-            assert all(isinstance(r, ChannelClosed) for r in results)
-            assert "the AMQP channel to" in results[0].reason
-        finally:
-            await connection.aclose()
+async def test_amqp_a_lost_connection_fails_every_pending_request_at_once_then_comes_back() -> None:
+    async with (
+        serving("amqp") as (queue, _),
+        Proxy(config.AMQP_URL) as proxy,
+        amqp.requester(proxy.url, queue, timeout=30) as asker,
+    ):
+        pending = [
+            asyncio.create_task(asker.request({"a": 1, "b": 2, "delay": 10_000})) for _ in range(20)
+        ]
+        await eventually(lambda: asker.counts.sent == 20)
+        begun = time.perf_counter()
+        await proxy.cut()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        assert time.perf_counter() - begun < 5
+        assert all(isinstance(r, ChannelClosed) for r in results)
+        assert "the connection to RabbitMQ was lost" in results[0].reason
+        await proxy.resume()  # the robust connection comes back, its reply queue with it
+        await asker.channel.ready()
+        assert await asker.request({"a": 2, "b": 2}) == {"sum": 4}
 
 
 async def test_amqp_requests_expire_when_nobody_takes_them_in_time() -> None:
@@ -81,8 +84,8 @@ async def test_amqp_requests_expire_when_nobody_takes_them_in_time() -> None:
             with pytest.raises(RequestTimeout):
                 await asker.request({"a": 1, "b": 2})
             await asyncio.sleep(0.3)  # past its expiration (0.2 s, its timeout)
-            declared = await asker.channel.queue_declare(queue, passive=True)
-            assert declared.message_count == 0  # expired in the queue, nobody will compute it
+            declared = await asker.channel.declare_queue(queue, passive=True)
+            assert declared.declaration_result.message_count == 0  # expired: nobody computes it
     finally:
         await amqp.delete_queue(queue)
 
@@ -92,14 +95,13 @@ async def test_amqp_requests_expire_when_nobody_takes_them_in_time() -> None:
 
 @pytest.fixture
 async def redis_client():
-    client = aioredis.from_url(config.REDIS_URL)
-    yield client
-    await client.aclose()
+    async with clients.redis() as client:
+        yield client
 
 
 async def test_redis_replier_answers_data_that_is_not_json_with_an_error(redis_client) -> None:
     async with serving("redis") as (stream, _):
-        reply_to = fresh_name()
+        reply_to = f"replies:{fresh_name()}"
         for request_id, data in [("bad-1", b"{not json"), ("ok-2", b'{"a": 1, "b": 2}')]:
             fields = {"id": request_id, "reply_to": reply_to, "data": data, "timeout_ms": 5_000}
             await redis_client.xadd(stream, fields)
@@ -122,6 +124,7 @@ async def test_redis_requests_of_a_killed_replier_are_claimed_by_another(redis_c
                 asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 2_000}))
                 for n in range(10)
             ]
+            await eventually(lambda: asker.counts.sent == 11)
             # handed out in order: once a quick one sent after them is answered, it holds them
             assert await asker.request({"a": 0, "b": 0}) == {"sum": 0}
             started[0].kill()
@@ -160,7 +163,7 @@ async def test_redis_requester_rides_out_a_short_cut_and_fails_on_a_long_one() -
     async with (
         serving("redis") as (stream, _),
         Proxy(config.REDIS_URL) as proxy,
-        redis_streams.requester(proxy.url, stream, timeout=20) as asker,
+        redis_streams.requester(proxy.url, stream, timeout=20, patience=2) as asker,
     ):
         assert await asker.request({"a": 1, "b": 1}) == {"sum": 2}
         pending = asyncio.create_task(asker.request({"a": 2, "b": 2, "delay": 300}))
@@ -201,13 +204,8 @@ async def address():
         return made[-1][1]
 
     yield name
-    client = aioredis.from_url(config.REDIS_URL)
     for transport, made_name in made:
-        if transport.startswith("amqp"):
-            await amqp.delete_queue(made_name)
-        else:
-            await client.delete(made_name)
-    await client.aclose()
+        await load.forget(transport, made_name)
 
 
 @pytest.mark.parametrize("transport", BROKERED)

@@ -44,8 +44,11 @@ class RequestFailed(Exception):
 
 
 class RequestTimeout(RequestFailed, TimeoutError):
-    def __init__(self, request_id: str, timeout: float) -> None:
-        super().__init__(request_id, f"no reply to request {request_id} within {timeout:g} s")
+    def __init__(self, request_id: str, timeout: float, why: str = "") -> None:
+        because = f": {why}" if why else ""
+        super().__init__(
+            request_id, f"no reply to request {request_id} within {timeout:g} s{because}"
+        )
         self.timeout = timeout
 
 
@@ -146,15 +149,18 @@ class Requester:
         raise NotImplementedError
 
     @staticmethod
-    async def _wait_to_send(ready: Awaitable[Any], future: asyncio.Future) -> None:
-        """Wait for room to send, unless the request ends first (timed out, channel closed)."""
+    async def _wait_to_send(ready: Awaitable[Any], future: asyncio.Future) -> Any:
+        """Await `ready` (a connection, room to send, the send itself) unless the request ends
+        first (timed out, channel closed), which cancels it; `ready`'s result."""
         waiter = asyncio.ensure_future(ready)
-        try:
-            await asyncio.wait([waiter, future], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
+        if not waiter.done():  # the usual case needs no wait at all
+            try:
+                await asyncio.wait([waiter, future], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
         if future.done():
             future.result()  # raises why it ended
+        return None if waiter.cancelled() else waiter.result()
 
     def _settle(self, request_id: Any, data: Any = None, error: str | None = None) -> None:
         """Resolve the request waiting under `request_id`; count a reply that matches none."""

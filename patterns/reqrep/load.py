@@ -11,11 +11,10 @@ the broker's, when it runs on this machine), in cores, so the knee can be explai
 the offered rate nears what the busiest process can do per second, requests queue, and
 latency grows without bound once it is passed.
 
-    python -m patterns.reqrep.replier --transport zmq --endpoint tcp://127.0.0.1:5030
-    python -m patterns.reqrep.load --transport zmq --to tcp://127.0.0.1:5030 --rates 100,1000
+    python -m patterns.reqrep replier --transport zmq --endpoint tcp://127.0.0.1:5030
+    python -m patterns.reqrep load --transport zmq --to tcp://127.0.0.1:5030 --rates 100,1000
 """
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -24,17 +23,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
-import redis.asyncio as aioredis
 
-from patterns import config, processes
+from patterns import clients, config, processes
+from patterns.events import OnEvent, log_event
 from patterns.measure import LatencyRecorder, paced
 from patterns.reqrep import (
     NAMES,
-    TRANSPORTS,
     Overloaded,
     Requester,
     RequestFailed,
     RequestTimeout,
+    amqp,
     connect,
 )
 from patterns.reqrep.pacing import Pacer, lateness, timer_paced
@@ -46,13 +45,30 @@ PACERS: dict[str, Pacer] = {
     "asyncio": lambda rate, count: paced(rate, count, precise=False),
     "blocking": lambda rate, count: paced(rate, count, precise=True),
 }
-# which replier answers each requester, and what its "ready" report calls its address
+# the replier that answers each requester: its --transport, the option that says where it
+# listens, where when the caller does not say, and what its "ready" report calls that place
 REPLIER = {
     "zmq": ("zmq", "--endpoint", "tcp://127.0.0.1:0", "endpoint"),
     "amqp": ("amqp", "--queue", None, "queue"),
     "amqp-direct": ("amqp", "--queue", None, "queue"),
     "redis": ("redis", "--stream", None, "stream"),
 }
+
+
+async def start_replier(transport: str, address: str | None, *options: str) -> processes.Child:
+    """A replier for `transport`'s requester as a child process, listening at `address` (for
+    ZeroMQ, a free port if None); its "ready" report says where, under `REPLIER[..][3]`."""
+    kind, flag, anywhere, _ = REPLIER[transport]
+    where = address or anywhere
+    assert where is not None, f"a {transport} replier needs a queue or stream name"
+    return await processes.start(
+        "patterns.reqrep", "replier", "--transport", kind, flag, where, *options
+    )
+
+
+def address_of(transport: str, replier: processes.Child) -> str:
+    """Where a replier started by `start_replier` listens."""
+    return replier.ready[REPLIER[transport][3]]
 
 
 class Step:
@@ -123,11 +139,8 @@ class CpuTime:
 async def broker_pid(transport: str) -> int | None:
     """The broker's process id, when it runs on this machine (to count its CPU)."""
     if transport == "redis" and urlsplit(config.REDIS_URL).hostname in ("127.0.0.1", "localhost"):
-        client = aioredis.from_url(config.REDIS_URL)
-        try:
-            return int((await client.info("server"))["process_id"])
-        finally:
-            await client.aclose()
+        async with clients.redis() as redis:
+            return int((await redis.info("server"))["process_id"])
     if transport.startswith("amqp") and urlsplit(config.AMQP_URL).hostname in (
         "127.0.0.1",
         "localhost",
@@ -157,31 +170,42 @@ def window(step: Step, since: dict[str, int]) -> dict[str, Any]:
     return stats
 
 
-async def load_main(options: argparse.Namespace) -> None:
-    rates = [float(rate) for rate in options.rates.split(",")]
-    async with connect(options.transport, options.to, options.timeout) as connected:
-        connected.max_pending = options.max_pending
-        replier_pid = getattr(connected, "pid", None) or options.replier_pid
-        cpu = CpuTime({"replier": replier_pid, "broker": await broker_pid(options.transport)})
+async def offer_steps(
+    transport: str,
+    to: str | None,
+    rates: list[float],
+    seconds: float,
+    timeout: float,
+    pacer: str = "timerfd",
+    max_pending: int = 1_000,
+    replier_pid: int | None = None,
+    fast: bool = False,
+    on_event: OnEvent = log_event,
+) -> dict:
+    """The measuring side (a child process): one step per offered rate, reported live."""
+    async with connect(transport, to, timeout, fast=fast) as connected:
+        connected.max_pending = max_pending
+        replier_pid = getattr(connected, "pid", None) or replier_pid
+        cpu = CpuTime({"replier": replier_pid, "broker": await broker_pid(transport)})
         # one answered request first: the replier is up and connected before the clock runs
         await connected.request(REQUEST, timeout=processes.READY_TIMEOUT_S)
-        processes.report("ready", transport=options.transport)
+        on_event("ready", transport=transport)
         started_ns = time.perf_counter_ns()
         steps = []
         for rate in rates:
-            step = Step(rate, max(1, round(rate * options.seconds)))
+            step = Step(rate, max(1, round(rate * seconds)))
             since = {"ns": step.started_ns, "answered": 0, "index": 0}
 
             async def report_windows(step: Step = step, since: dict = since) -> None:
                 while True:
                     await asyncio.sleep(INTERVAL_S)
                     t = round((time.perf_counter_ns() - started_ns) / 1e9, 3)
-                    processes.report("stats", t=t, **window(step, since))
+                    on_event("stats", t=t, **window(step, since))
 
             cpu.cores()
             reporter = asyncio.create_task(report_windows())
             try:
-                await offer(connected, step, options.timeout, options.pacer)
+                await offer(connected, step, timeout, pacer)
             finally:
                 reporter.cancel()
             summary = step.latency.summary()
@@ -203,10 +227,10 @@ async def load_main(options: argparse.Namespace) -> None:
                     "cores": cpu.cores(),
                 }
             )
-            processes.report("step", **steps[-1])
-        processes.report(
-            "result", transport=options.transport, steps=steps, requester=connected.stats()
-        )
+            on_event("step", **steps[-1])
+        result = {"transport": transport, "steps": steps, "requester": connected.stats()}
+    on_event("result", **result)
+    return result
 
 
 async def run(
@@ -226,13 +250,11 @@ async def run(
             options += ["--seconds", str(seconds), "--timeout", str(timeout), "--pacer", pacer]
             options += ["--max-pending", str(max_pending)]
             if transport in REPLIER:
-                kind, flag, where, reported = REPLIER[transport]
-                replier = await processes.start(
-                    "patterns.reqrep.replier", "--transport", kind, flag, where or address
-                )
+                replier = await start_replier(transport, None if transport == "zmq" else address)
                 started.append(replier)
-                options += ["--to", replier.ready[reported], "--replier-pid", str(replier.pid)]
-            load = await processes.start(__name__, *options)
+                to = address_of(transport, replier)
+                options += ["--to", to, "--replier-pid", str(replier.pid)]
+            load = await processes.start("patterns.reqrep", "load", *options)
             started.append(load)
             if plot is None:
                 return await load.next_report("result")
@@ -244,31 +266,27 @@ async def run(
 async def forget(transport: str, address: str) -> None:
     """Delete the queue or stream a run created."""
     if transport.startswith("amqp"):
-        from patterns.reqrep import amqp
-
         await amqp.delete_queue(address)
     elif transport == "redis":
-        client = aioredis.from_url(config.REDIS_URL)
-        try:
-            await client.delete(address)
-        finally:
-            await client.aclose()
+        async with clients.redis() as redis:
+            await redis.delete(address)
 
 
-async def lateness_main(options: argparse.Namespace) -> None:
-    rate = float(options.rates.split(",")[0])
-    processes.report("ready")
+async def pacer_lateness(rate: float, seconds: float, on_event: OnEvent = log_event) -> dict:
+    """How late each pacer hands requests over at `rate` (a child process: no other work)."""
+    on_event("ready")
     late = {}
     for name, pacer in PACERS.items():
-        late[name] = vars(await lateness(pacer, rate, max(1, round(rate * options.seconds))))
-    processes.report("result", rate=rate, lateness=late)
+        late[name] = vars(await lateness(pacer, rate, max(1, round(rate * seconds))))
+    on_event("result", rate=rate, lateness=late)
+    return late
 
 
 async def pacers_compared(transport: str, rate: float, seconds: float) -> dict[str, dict]:
     """Per pacer: how late it hands requests over, and the round trips measured with it."""
     async with processes.children() as started:
         child = await processes.start(
-            __name__, "--lateness", "--rates", str(rate), "--seconds", str(seconds)
+            "patterns.reqrep", "lateness", "--rate", str(rate), "--seconds", str(seconds)
         )
         started.append(child)
         late = (await child.next_report("result"))["lateness"]
@@ -277,26 +295,3 @@ async def pacers_compared(transport: str, rate: float, seconds: float) -> dict[s
         step = (await run(transport, [rate], seconds, pacer=pacer))["steps"][0]
         compared[pacer] = {"lateness": late[pacer], "round_trip": step}
     return compared
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
-    parser.add_argument("--to", help="the replier's endpoint, queue or stream (default: WIRE's)")
-    parser.add_argument("--rates", default="100,1000,5000", help="requests/s, one step each")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per step")
-    parser.add_argument("--timeout", type=float, default=2.0, help="per request, in seconds")
-    parser.add_argument("--pacer", choices=tuple(PACERS), default="timerfd")
-    parser.add_argument(
-        "--max-pending", type=int, default=1_000, help="more at once are shed, not queued"
-    )
-    parser.add_argument("--replier-pid", type=int, help="to count the replier's CPU")
-    parser.add_argument(
-        "--lateness", action="store_true", help="only measure how late each pacer is"
-    )
-    options = parser.parse_args()
-    processes.run(lateness_main(options) if options.lateness else load_main(options))
-
-
-if __name__ == "__main__":
-    main()

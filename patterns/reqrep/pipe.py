@@ -10,7 +10,10 @@ dies: its stdout ends, so every pending request fails at once.
         print(await requester.request({"a": 1, "b": 2}))      # {'sum': 3}
 
 The replier reads requests line by line and writes each reply when it is ready, so a
-quick answer overtakes a slow one; it stops when its stdin ends (the requester is gone).
+quick answer overtakes a slow one; a line it cannot read gets an error reply. It stops
+when its stdin ends (the requester is gone). From a terminal, type requests at it:
+
+    python -m patterns.reqrep replier --transport stdio
 """
 
 import asyncio
@@ -25,9 +28,9 @@ from patterns.messages import MalformedMessage
 from patterns.processes import REPORT_FD
 from patterns.reqrep import wire
 from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, ChannelClosed, Requester
-from patterns.reqrep.replier import Handler, ReplierCounts, respond
+from patterns.reqrep.handler import Handler, ReplierCounts, respond
 
-REPLIER = (sys.executable, "-m", "patterns.reqrep.replier", "--transport", "stdio")
+REPLIER = (sys.executable, "-m", "patterns.reqrep", "replier", "--transport", "stdio")
 CHUNK = 1 << 16
 EXIT_TIMEOUT_S = 2.0
 
@@ -137,11 +140,14 @@ async def requester(
         await pipe_requester.aclose()
 
 
-# ---- the replier: python -m patterns.reqrep.replier --transport stdio ------------------
+# ---- the replier: python -m patterns.reqrep replier --transport stdio ------------------
 
 
 async def serve(handler: Handler) -> None:
-    """Answer each request line on stdin with a reply line on stdout, until stdin ends."""
+    """Answer each request line on stdin with a reply line on stdout, until stdin ends.
+
+    It reports nothing: its stdout is the channel, and its requester reads replies there.
+    """
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=CHUNK)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
@@ -168,6 +174,6 @@ async def serve(handler: Handler) -> None:
             if ready:
                 writer.write(b"\n".join(ready) + b"\n")  # one write for the whole batch
             await writer.drain()  # stop reading while the requester does not read its replies
-    finally:
+    finally:  # the requester is gone: nobody waits for the answers in hand
         for task in waiting:
             task.cancel()

@@ -7,24 +7,26 @@ stops its repliers before it returns; stopped, a replier finishes the requests i
 then reports what it did.
 
 Where a scenario must know that the repliers hold the requests sent so far, it sends one
-quick request after them and waits for its answer: requests are handed out in order, so
-by then all the earlier ones have been.
+quick request after them and waits for its answer: requests are handed out in the order
+they reached the broker, so by then all the earlier ones have been. (Over Redis, requests
+sent at once travel over several connections and may overtake each other: `in_order`
+sends each once the one before it has reached the broker.)
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-import aiormq
-import redis.asyncio as aioredis
-from pamqp.commands import Basic
+import aio_pika
 
-from patterns import config, processes
+from patterns import clients, config, processes
 from patterns.brokers import quieted
 from patterns.faults import Proxy
-from patterns.reqrep import RequestFailed, amqp, connect, redis_streams
+from patterns.reqrep import Requester, RequestFailed, amqp, connect, load, redis_streams
 
 DEFAULT_ADDRESS = {"amqp": amqp.REQUESTS_QUEUE, "redis": redis_streams.REQUESTS_STREAM}
 
@@ -39,10 +41,22 @@ def default(transport: str) -> str:
 
 
 async def start_replier(transport: str, address: str, *options: str) -> processes.Child:
-    flag = "--queue" if kind(transport) == "amqp" else "--stream"
-    return await processes.start(
-        "patterns.reqrep.replier", "--transport", kind(transport), flag, address, *options
-    )
+    return await load.start_replier(transport, address, *options)
+
+
+async def in_order(asker: Requester, requests: list[Any]) -> list[asyncio.Task]:
+    """Start the requests one after the other, each once the one before has been sent."""
+    started = []
+    for data in requests:
+        started.append(asyncio.create_task(asker.request(data)))
+        await sent(asker, asker.counts.sent + 1)
+    return started
+
+
+async def sent(asker: Requester, count: int) -> None:
+    """Until `count` requests have been handed over to the broker."""
+    while asker.counts.sent < count:  # noqa: ASYNC110 (a count, not an event)
+        await asyncio.sleep(0.005)
 
 
 async def outcomes(requests: list[asyncio.Task]) -> list[Any]:
@@ -64,10 +78,8 @@ async def slow_replier(transport: str, address: str | None = None) -> dict:
     async with processes.children() as started:
         started.append(await start_replier(transport, address, "--prefetch", "1"))
         async with connect(transport, address, timeout=1.25) as asker:
-            sent = [
-                asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 500})) for n in range(5)
-            ]
-            results = await outcomes(sent)
+            five = await in_order(asker, [{"a": n, "b": 0, "delay": 500} for n in range(5)])
+            results = await outcomes(five)
             await asker.request({"a": 0, "b": 0}, timeout=5)  # after the late reply
             late = asker.counts.late
     return {"results": results, "late": late, "replier": await started[0].next_report("result")}
@@ -88,14 +100,15 @@ async def replier_dies(transport: str, address: str | None = None) -> dict:
     async with processes.children() as started:
         started += [await start_replier(transport, address, *options) for _ in range(2)]
         async with connect(transport, address, timeout=10) as asker:
-            sent = [
+            twenty = [
                 asyncio.create_task(asker.request({"a": n, "b": 0, "delay": 1_000}))
                 for n in range(20)
             ]
+            await sent(asker, 20)
             await asker.request({"a": 0, "b": 0})  # the twenty have been handed out
             doomed = await holder(transport, address, started)
             doomed.kill()
-            results = await outcomes(sent)
+            results = await outcomes(twenty)
             late = asker.counts.late
     survivor = next(child for child in started if child is not doomed)
     report = await survivor.next_report("result")
@@ -106,11 +119,8 @@ async def holder(transport: str, address: str, started: list[processes.Child]) -
     """The replier holding the most requests (AMQP hands them out in turn: either)."""
     if kind(transport) != "redis":
         return started[0]
-    client = aioredis.from_url(config.REDIS_URL)
-    try:
-        pending = await client.xpending_range(address, redis_streams.GROUP, "-", "+", 1_000)
-    finally:
-        await client.aclose()
+    async with clients.redis() as redis:
+        pending = await redis.xpending_range(address, redis_streams.GROUP, "-", "+", 1_000)
     held = [entry["consumer"].decode() for entry in pending]
     return max(started, key=lambda child: held.count(child.ready["consumer"]))
 
@@ -119,37 +129,40 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
     """A requester has five requests out (0.5 s each) when its connection drops, as if its
     process had crashed; a new requester starts. Where do the five replies go?
 
-    The old requester's pending requests fail at once (ChannelClosed). Its replies, when
-    the replier sends them: over AMQP with a reply queue, the queue went with the
-    connection and the replies come back to the replier (`mandatory`), which counts them;
-    over direct reply-to, RabbitMQ drops them; over Redis, they wait in the old requester's
-    list until it expires.
+    The old requester's pending requests fail (ChannelClosed): at once over AMQP, whose
+    reply queue went with the connection; over Redis once the requester gives up on the
+    connection (its patience, here half a second). Its replies, when the replier sends
+    them: over AMQP with a reply queue, they come back to the replier (`mandatory`), which
+    counts them; over direct reply-to, RabbitMQ drops them; over Redis, they wait in the
+    old requester's list until it expires.
     """
     address = address or default(transport)
     url = config.AMQP_URL if kind(transport) == "amqp" else config.REDIS_URL
     async with processes.children() as started:
         started.append(await start_replier(transport, address))
-        async with (
-            Proxy(url) as proxy,
-            connect(transport, address, timeout=10, url=proxy.url) as first,
-        ):
-            sent = [
-                asyncio.create_task(first.request({"a": n, "b": 0, "delay": 500})) for n in range(5)
-            ]
-            await first.request({"a": 0, "b": 0})  # the five are with the replier
-            with quieted(logging.getLogger("aiormq")):  # it logs the lost connection itself
+        # the clients say, each in its own way, that the broker went away: no news here
+        with silenced():
+            async with (
+                Proxy(url) as proxy,
+                connect(transport, address, timeout=10, url=proxy.url, patience=0.5) as first,
+            ):
+                five = [
+                    asyncio.create_task(first.request({"a": n, "b": 0, "delay": 500}))
+                    for n in range(5)
+                ]
+                await sent(first, 5)
+                await first.request({"a": 0, "b": 0})  # the five are with the replier
                 await proxy.cut()
-                old_saw = await outcomes(sent)
-            reply_to = first.reply_to  # type: ignore[attr-defined]
+                old_saw = await outcomes(five)
+                reply_to = first.reply_to  # type: ignore[attr-defined]
         async with connect(transport, address, timeout=10) as second:
             # answered after the five replies were sent, wherever they went
             new_got = await second.request({"a": 2, "b": 2, "delay": 700})
         waiting = ttl_ms = 0
         if transport == "redis":
-            client = aioredis.from_url(config.REDIS_URL)
-            waiting, ttl_ms = await client.llen(reply_to), await client.pttl(reply_to)
-            await client.delete(reply_to)
-            await client.aclose()
+            async with clients.redis() as redis:
+                waiting, ttl_ms = await redis.llen(reply_to), await redis.pttl(reply_to)
+                await redis.delete(reply_to)
     report = await started[0].next_report("result")
     return {
         "old requester": old_saw,
@@ -158,6 +171,15 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
         "waiting in the old list": waiting,
         "list expires in ms": ttl_ms,
     }
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No log lines from the clients for a while."""
+    with contextlib.ExitStack() as stack:
+        for name in ("aiormq", "aio_pika", "patterns.clients"):
+            stack.enter_context(quieted(logging.getLogger(name)))
+        yield
 
 
 async def unreadable_request(transport: str, address: str | None = None) -> Any:
@@ -170,34 +192,27 @@ async def unreadable_request(transport: str, address: str | None = None) -> Any:
         return await redis_exchange(address, b'{"a": 1, "b": ')
 
 
-async def amqp_exchange(queue: str, body: bytes) -> dict:
-    connection = await aiormq.connect(config.AMQP_URL)
-    try:
+async def amqp_exchange(queue: str, body: bytes, timeout: float = 10) -> dict:
+    """Send `body` to `queue` as a request with aio-pika alone; its reply's properties, body."""
+    async with await clients.amqp() as connection:
         channel = await connection.channel()
-        reply_queue = (await channel.queue_declare("", exclusive=True)).queue
-        replies: asyncio.Queue = asyncio.Queue()
-        await channel.basic_consume(reply_queue, replies.put, no_ack=True)
-        properties = Basic.Properties(correlation_id="r1", reply_to=reply_queue)
-        await channel.basic_publish(body, routing_key=queue, properties=properties)
-        reply = await asyncio.wait_for(replies.get(), 10)
-        answer = reply.header.properties
-        return {
-            "correlation_id": answer.correlation_id,
-            "type": answer.message_type,
-            "body": json.loads(reply.body),
-        }
-    finally:
-        await connection.close()
+        replies = await channel.declare_queue(exclusive=True)
+        request = aio_pika.Message(body, correlation_id="r1", reply_to=replies.name)
+        await channel.default_exchange.publish(request, routing_key=queue)
+        async with replies.iterator(no_ack=True) as arriving:
+            reply = await asyncio.wait_for(anext(arriving), timeout)
+        body = json.loads(reply.body)
+        return {"correlation_id": reply.correlation_id, "type": reply.type, "body": body}
 
 
-async def redis_exchange(stream: str, data: bytes) -> dict:
-    client = aioredis.from_url(config.REDIS_URL)
+async def redis_exchange(stream: str, data: bytes, timeout: float = 10) -> dict:
+    """Add a request whose data is `data` to `stream` with redis-py alone; its reply."""
     reply_to = f"replies:{uuid.uuid4().hex}"
-    try:
-        fields = {"id": "r1", "reply_to": reply_to, "data": data, "timeout_ms": 5_000}
-        await client.xadd(stream, fields)
-        _, reply = await client.blpop([reply_to], timeout=10)
-        return json.loads(reply)
-    finally:
-        await client.delete(reply_to)
-        await client.aclose()
+    async with clients.redis() as redis:
+        try:
+            fields = {"id": "r1", "reply_to": reply_to, "data": data, "timeout_ms": 5_000}
+            await redis.xadd(stream, fields)
+            _, reply = await redis.blpop([reply_to], timeout=timeout)
+            return json.loads(reply)
+        finally:
+            await redis.delete(reply_to)

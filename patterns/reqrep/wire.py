@@ -30,22 +30,31 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(raw: bytes | bytearray | memoryview) -> Any:
-    """The JSON value in `raw`, or `MalformedMessage` saying why not."""
+    """The JSON value in `raw`, or `MalformedMessage` saying why not: no other exception."""
     if len(raw) > MAX_BYTES:
         raise MalformedMessage(f"{len(raw)} bytes is over the {MAX_BYTES}-byte limit")
     try:
-        return json.loads(bytes(raw))
+        return json.loads(bytes(raw), parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MalformedMessage(f"not JSON: {error}") from None
     except RecursionError:
         raise MalformedMessage("not JSON this implementation can read: nested too deep") from None
+    except MalformedMessage:
+        raise
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise MalformedMessage(f"not JSON this implementation can read: {error}") from None
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have (and `dumps` refuses)."""
+    raise MalformedMessage(f"not JSON: {constant} is not a JSON value")
 
 
 def request(request_id: str, data: Any) -> bytes:
     return dumps({"type": "request", "data": data, "id": request_id})
 
 
-def response(request_id: str, data: Any) -> bytes:
+def response(request_id: str | None, data: Any) -> bytes:
     return dumps({"type": "response", "data": data, "inReplyTo": request_id})
 
 
@@ -84,7 +93,8 @@ def read_reply(raw: bytes) -> tuple[Any, Any, str | None]:
 
 class Lines:
     """Bytes in, complete lines out; a line longer than `limit` comes out whole, to be refused,
-    and its rest is skipped, so a peer that never sends a newline cannot fill the memory."""
+    and its rest is skipped, so a peer that never sends a newline cannot fill the memory.
+    Blank lines (whitespace only) carry no message and are left out."""
 
     def __init__(self, limit: int = MAX_BYTES) -> None:
         self.limit = limit

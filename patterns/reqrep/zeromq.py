@@ -1,4 +1,4 @@
-"""Request/reply over ZeroMQ DEALER/ROUTER: the same correlation layer, over the network.
+"""Request/reply over ZeroMQ DEALER/ROUTER, with pyzmq's asyncio sockets.
 
 REQ/REP allows one request in flight (notebook 00). DEALER and ROUTER lift that rule:
 a DEALER sends and receives whenever it likes, and a ROUTER prefixes every message with
@@ -6,97 +6,80 @@ the identity of the connection it came from, so a reply sent with that identity 
 back to the DEALER that asked. Matching a reply to its request is left to us: the
 correlation identifier, in the book's JSON envelope, one frame per message.
 
-    python -m patterns.reqrep.replier --transport zmq --endpoint tcp://127.0.0.1:5030
+    python -m patterns.reqrep replier --transport zmq --endpoint tcp://127.0.0.1:5030
 
     async with zeromq.requester("tcp://127.0.0.1:5030") as requester:
         print(await requester.request({"a": 1, "b": 2}))      # {'sum': 3}
 
-ZeroMQ hides connections, and reconnects by itself; the requester watches them through a
-socket monitor, so when the replier goes away (its process dies, or it stops answering
-heartbeats) every pending request fails at once. Requests made while no replier is
-connected wait for one, until their timeout, and are not queued meanwhile: one that timed
-out before a replier came is never sent. The monitor keeps that gate, not the `immediate`
-option that would do the same: with it, ZeroMQ discards the replies that reached the
-socket but were not read yet when the connection closes, so a replier that answers what
-it holds and then stops would lose some of its answers on the way.
+What it guarantees, and how it fails:
+
+* the requester reads replies in a task of its own and settles each as it comes, so any
+  number of requests wait at once, in any order;
+* ZeroMQ hides connections and reconnects by itself, so the requester watches them with
+  a socket monitor: when the replier goes away (its process dies, or it answers no
+  heartbeat for 3 s), every pending request fails at once with `ChannelClosed`, after
+  the replies it sent before it left have been read;
+* with no replier connected, a request waits for one until its timeout, queued nowhere:
+  one that timed out is never sent;
+* the replier answers every frame: the sum, or an error reply for one it cannot read or
+  handle. It never waits for one requester: a reply to a requester that left, or that
+  does not read its replies, is dropped and counted (`undeliverable`).
 """
 
 import asyncio
 import contextlib
-import errno
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
-from patterns import processes
+from patterns.events import OnEvent, log_event
 from patterns.messages import MalformedMessage
 from patterns.reqrep import wire
-from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, Requester
-from patterns.reqrep.replier import GRACE_S, Handler, ReplierCounts, respond
-
-log = logging.getLogger(__name__)
+from patterns.reqrep.correlation import DEFAULT_TIMEOUT_S, Requester, RequestTimeout
+from patterns.reqrep.handler import GRACE_S, Handler, ReplierCounts, respond
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5030"
 HEARTBEAT_MS = 1_000  # a replier that answers no heartbeat for 3 of these is gone
-BATCH = 1_000
 
 
 class ZmqRequester(Requester):
     transport = "zmq"
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(timeout)
         self.endpoint = endpoint
-        self._loop = asyncio.get_running_loop()
-        self._socket = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._socket.linger = 0
         self._socket.heartbeat_ivl = HEARTBEAT_MS
         self._socket.heartbeat_timeout = 3 * HEARTBEAT_MS
+        # no limit on the replies queued: each answers a request of ours, so they are bounded
+        # anyway, and a receive queue at its limit with heartbeats on trips an assertion in
+        # libzmq (stream_engine_base.cpp, "_input_stopped"), which aborts the process
+        self._socket.rcvhwm = 0
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         self._connected = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._loop.add_reader(self._socket.FD, self._on_events)
-        self._loop.add_reader(self._monitor.FD, self._on_monitor)
         self._socket.connect(endpoint)
-        # ZeroMQ signals a socket's file descriptor only after a look found nothing to read
-        self._on_events()
-        self._on_monitor()
+        self._reading = asyncio.create_task(self._read_replies())
+        self._watching = asyncio.create_task(self._watch())
 
     async def _send(
         self, request_id: str, data: Any, timeout: float, future: asyncio.Future
     ) -> None:
-        frame = wire.request(request_id, data)
-        while True:
-            if not self._connected.is_set():  # no replier: wait for one, queue nothing
-                await self._wait_to_send(self._connected.wait(), future)
+        if not self._connected.is_set():  # no replier: wait for one, queue nothing
             try:
-                self._socket.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # the replier's queue is full: wait for room
-                self._writable.clear()
-                self._on_events()
-                if not self._writable.is_set():
-                    await self._wait_to_send(self._writable.wait(), future)
-            else:
-                # a send can consume the socket's wake-up signal: look at its events now
-                self._on_events()
-                return
+                await self._wait_to_send(self._connected.wait(), future)
+            except RequestTimeout:
+                raise RequestTimeout(request_id, timeout, "no replier was connected") from None
+        await self._wait_to_send(self._socket.send(wire.request(request_id, data)), future)
 
-    def _on_events(self) -> None:
-        """The socket's file descriptor says "something changed": take every reply there is.
-
-        It signals edges, not levels, so the loop below runs until no message is left.
-        """
-        while (events := self._socket.get(zmq.EVENTS)) & zmq.POLLIN:
-            with contextlib.suppress(zmq.Again):
-                for _ in range(BATCH):
-                    self._receive(self._socket.recv(zmq.NOBLOCK))
-        if events & zmq.POLLOUT:
-            self._writable.set()
+    async def _read_replies(self) -> None:
+        while True:
+            self._receive(await self._socket.recv())
 
     def _receive(self, frame: bytes) -> None:
         try:
@@ -106,26 +89,28 @@ class ZmqRequester(Requester):
             return
         self._settle(request_id, data, error)
 
-    def _on_monitor(self) -> None:
-        while self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+    async def _watch(self) -> None:
+        while True:
+            event = (await recv_monitor_message(self._monitor))["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected.set()
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
-                # replies sent before the replier left may wait in the socket unread (nothing
-                # orders its wake-up before the monitor's): settle them before failing the rest
-                self._on_events()
-                # ZeroMQ reconnects by itself: later requests may be answered again
+                # the replies it sent before it left may wait in the socket: settle them first
+                self._reading.cancel()
+                await asyncio.wait([self._reading])
+                while self._socket.get(zmq.EVENTS) & zmq.POLLIN:
+                    self._receive(await self._socket.recv())
                 self._fail_pending(f"the replier at {self.endpoint} disconnected")
+                # ZeroMQ reconnects by itself: later requests may be answered again
+                self._reading = asyncio.create_task(self._read_replies())
 
     async def aclose(self) -> None:
         self._close("the requester was closed")
-        for socket in (self._monitor, self._socket):
-            self._loop.remove_reader(socket.FD)
+        self._watching.cancel()  # first: it may start a reader again
+        await asyncio.wait([self._watching])
+        self._reading.cancel()
+        await asyncio.wait([self._reading])
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
@@ -143,57 +128,42 @@ async def requester(
         await zmq_requester.aclose()
 
 
-# ---- the replier: python -m patterns.reqrep.replier --transport zmq ---------------------
-
-
-async def serve(handler: Handler, endpoint: str = DEFAULT_ENDPOINT) -> None:
+async def serve(
+    handler: Handler, endpoint: str = DEFAULT_ENDPOINT, on_event: OnEvent = log_event
+) -> None:
     """Answer requests on a ROUTER bound at `endpoint`, each to the connection it came from."""
-    counts, waiting = ReplierCounts(), set[asyncio.Task]()
-    loop = asyncio.get_running_loop()
-    context = zmq.Context()
+    counts, answering = ReplierCounts(), set[asyncio.Task]()
+    context = zmq.asyncio.Context()
     router = context.socket(zmq.ROUTER)
-    router.linger = 0
-    router.router_mandatory = True  # a reply to a requester that is gone raises, to be counted
+    router.router_mandatory = True  # a reply to a requester that is gone raises: counted
 
-    def on_events() -> None:
-        """Take every request there is (the descriptor signals edges, as for the requester)."""
-        while router.get(zmq.EVENTS) & zmq.POLLIN:
-            with contextlib.suppress(zmq.Again):
-                for _ in range(BATCH):
-                    # [identity, payload] from a DEALER; REQ adds an empty frame between
-                    *envelope, payload = router.recv_multipart(zmq.NOBLOCK)
-                    reply = respond(handler, payload, counts)
-                    if isinstance(reply, bytes):
-                        send(envelope, reply)
-                    else:
-                        task = asyncio.create_task(send_later(envelope, reply))
-                        waiting.add(task)
-                        task.add_done_callback(waiting.discard)
-
-    def send(envelope: list[bytes], reply: bytes) -> None:
-        try:
-            router.send_multipart([*envelope, reply], zmq.NOBLOCK)
-        except zmq.ZMQError as error:
-            if error.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                raise
-            counts.undeliverable += 1  # the requester left, or does not read its replies
+    async def send(envelope: list[bytes], reply: bytes) -> None:
+        try:  # at once or not at all: one requester that does not read must not stop us
+            await router.send_multipart([*envelope, reply], zmq.NOBLOCK)
+        except zmq.ZMQError:  # EAGAIN: it does not read, its queue is full; or it left
+            counts.undeliverable += 1
 
     async def send_later(envelope: list[bytes], reply: Any) -> None:
-        send(envelope, await reply)
-        on_events()  # the send may have consumed the signal of a request that came meanwhile
+        await send(envelope, await reply)
 
     try:
         router.bind(endpoint)
-        loop.add_reader(router.FD, on_events)
-        processes.report("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-        on_events()
-        await loop.create_future()  # until cancelled
-    finally:
-        loop.remove_reader(router.FD)  # take no more requests; answer those in hand
-        if waiting:
-            await asyncio.wait(waiting, timeout=GRACE_S)
-        for task in waiting:
+        on_event("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
+        while True:
+            # [identity, request] from a DEALER; a REQ puts an empty frame between them
+            *envelope, request = await router.recv_multipart()
+            reply = respond(handler, request, counts)
+            if isinstance(reply, bytes):
+                await send(envelope, reply)
+            else:  # the handler answers later: a task sends it then
+                task = asyncio.create_task(send_later(envelope, reply))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+    finally:  # take no more requests; answer those in hand
+        if answering:
+            await asyncio.wait(answering, timeout=GRACE_S)
+        for task in answering:
             task.cancel()
         router.close(linger=int(GRACE_S * 1000))  # replies still queued get this long to leave
         context.term()  # ...which happens here: the I/O thread sends them, then stops
-        processes.report("result", **vars(counts))
+        on_event("result", **vars(counts))
