@@ -42,10 +42,13 @@ async def verdicts_of(sources: list[str], setup: str = "") -> list[checking.Verd
 
 
 def setup_of(notebook: Path) -> str:
-    """A solutions notebook's untagged code cells (its imports)."""
+    """A solutions notebook's untagged code cells (its imports). An executed notebook's cells
+    carry the timing nbconvert records in their metadata: only the tags tell them apart."""
     cells = json.loads(notebook.read_text())["cells"]
     return "\n".join(
-        "".join(c["source"]) for c in cells if c["cell_type"] == "code" and not c["metadata"]
+        "".join(c["source"])
+        for c in cells
+        if c["cell_type"] == "code" and not c["metadata"].get("tags")
     )
 
 
