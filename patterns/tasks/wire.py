@@ -222,10 +222,17 @@ def encode(report: Report) -> bytes:
     return dumps({name: getattr(report, name) for name in report.__dataclass_fields__})
 
 
-def _allowed(annotation: Any) -> tuple[type, ...]:
-    """The exact types a field admits (no bool for an int; an int for a float)."""
-    admitted = typing.get_args(annotation) or (annotation,)
-    return tuple(t for a in admitted for t in ((int, float) if a is float else (a,)))
+@functools.cache
+def _schema(kind: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+    """Per field of a report: its name, the exact types it admits (no bool for an int; an
+    int for a float) and whether it may be left out."""
+    schema = []
+    for field in fields(kind):
+        if field.name != "type":
+            admitted = typing.get_args(field.type) or (field.type,)
+            types = tuple(t for a in admitted for t in ((int, float) if a is float else (a,)))
+            schema.append((field.name, types, field.default is not MISSING))
+    return tuple(schema)
 
 
 def decode_report(data: bytes | str) -> Report:
@@ -236,17 +243,15 @@ def decode_report(data: bytes | str) -> Report:
     if kind is None:
         raise MalformedMessage(f"not a report: {fields_in.get('type')!r:.40}")
     values = {}
-    for field in fields(kind):
-        if field.name == "type":
+    for name, types, optional in _schema(kind):
+        if name not in fields_in:
+            if not optional:
+                raise MalformedMessage(f"a {kind.__name__} report without {name}")
             continue
-        if field.name not in fields_in:
-            if field.default is MISSING:
-                raise MalformedMessage(f"a {kind.__name__} report without {field.name}")
-            continue
-        value = fields_in[field.name]
-        if type(value) not in _allowed(field.type) or (type(value) is int and value < 0):
-            raise MalformedMessage(f"{field.name} of a {kind.__name__} report is {value!r:.40}")
-        values[field.name] = value
+        value = fields_in[name]
+        if type(value) not in types or (type(value) is int and value < 0):
+            raise MalformedMessage(f"{name} of a {kind.__name__} report is {value!r:.40}")
+        values[name] = value
     if kind is Job and values["batchSize"] < 1:
         raise MalformedMessage(f"batchSize of a Job report is {values['batchSize']}")
     return kind(**values)
