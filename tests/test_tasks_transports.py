@@ -380,3 +380,25 @@ async def test_a_zmq_collector_exits_non_zero_on_an_incomplete_job() -> None:
         assert await collector.wait(10) == 1
     assert not result["complete"] and result["missing"] == result["tasks"] == 8
     assert f"job {job.job} incomplete: 8 of 8 tasks missing" in collector.log()
+
+
+@brokered
+async def test_the_producer_holds_back_at_its_window(transport: str, channels: Channels) -> None:
+    """With no worker, the producer puts `--window` tasks in the broker and waits there."""
+    async with processes.children() as started:
+        producer = await processes.start(
+            "patterns.tasks", "producer", "--transport", transport, *channels.options(),
+            "--word", "node", "--max-length", "4", "--window", "10",
+        )  # fmt: skip
+        started.append(producer)
+        await asyncio.sleep(2)  # ample time to send all 48 tasks, were it not held back
+        if transport == "amqp":
+            async with await clients.amqp() as connection:
+                channel = await connection.channel()
+                waiting = (
+                    await channel.declare_queue(channels.tasks, durable=True)
+                ).declaration_result.message_count
+        else:
+            async with clients.redis() as redis:
+                waiting = await redis.xlen(channels.tasks)
+        assert waiting == 10 and producer.returncode is None

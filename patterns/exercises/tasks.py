@@ -133,26 +133,29 @@ async def idempotent_consumer(answer: Any) -> str:
     twice = {2, 5, 7}
     async with await clients.amqp() as connection, clients.redis() as redis:
         channel = await connection.channel()
-        queue = await channel.declare_queue(name, auto_delete=True)
+        queue = await channel.declare_queue(name)
         try:
             for n, body in enumerate(bodies):
                 for _ in range(2 if n in twice else 1):
                     message = aio_pika.Message(body, message_id=f"id-{n}")
                     await channel.default_exchange.publish(message, routing_key=name)
-            async with queue.iterator() as messages:
+            consuming = await connection.channel()  # closed after: what it left unacked returns
+            await consuming.set_qos(prefetch_count=100)
+            async with (await consuming.get_queue(name)).iterator() as messages:
                 handled = 0
                 async for message in messages:
                     await answer(message, redis, name)
                     handled += 1
                     if handled == len(bodies) + len(twice):
                         break
+            await consuming.close()
             done = await redis.lrange(name, 0, -1)
-            left = (await channel.declare_queue(name, passive=True)).declaration_result
+            left = await queue.declare()  # declared again: the broker says how many wait
         finally:
             await redis.delete(name, f"{name}:seen")
             await queue.delete(if_unused=False, if_empty=False)
     if left.message_count:
-        raise Wrong(f"{left.message_count} messages are still in the queue: ack each one")
+        raise Wrong(f"{left.message_count} messages were never acked: ack each one, duplicates too")
     if sorted(done) != sorted(bodies):
         extra = len(done) - len(bodies)
         raise Wrong(f"the work list holds {len(done)} items for {len(bodies)} tasks ({extra:+d})")

@@ -90,16 +90,16 @@ async def producer(
     cracked = asyncio.Event()
     async with await clients.amqp(url) as connection:
         channel = await connection.channel()  # publisher confirms: on
-        await declare(channel, channels)
+        queue = await declare(channel, channels)
         await listen(
             channel, channels.control, lambda n: wire.cracks(n, job.searchHash) and cracked.set()
         )
         await publish(channel, channels.reports, wire.encode(job))
         on_event("ready", job=job.job, tasks=job.tasks)
         sent, bodies = 0, (wire.encode_task(task) for task in tasks)
-        while not cracked.is_set() and (chunk := list(islice(bodies, CHUNK))):
-            while await waiting(channel, channels.tasks) >= window:  # noqa: ASYNC110 (the broker's count)
-                await asyncio.sleep(0.05)
+        while not cracked.is_set() and (chunk := list(islice(bodies, min(CHUNK, window)))):
+            while (await queue.declare()).message_count >= window:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # a declare says how many wait: polled, no event
             while True:  # at least once: the whole chunk again if the connection dropped
                 try:
                     await asyncio.gather(*(publish(channel, channels.tasks, b) for b in chunk))
@@ -110,12 +110,6 @@ async def producer(
         await publish(channel, channels.reports, wire.encode(wire.Sent(job.job, sent)))
     on_event("result", job=job.job, sent=sent)
     return sent
-
-
-async def waiting(channel: AbstractChannel, queue: str) -> int:
-    """How many messages wait in `queue` (a passive declare reads its count)."""
-    declared = await channel.declare_queue(queue, passive=True, robust=False)
-    return declared.declaration_result.message_count or 0
 
 
 # ---- worker -----------------------------------------------------------------------------

@@ -101,7 +101,7 @@ async def producer(
         await redis.xadd(channels.reports, {"report": wire.encode(job)}, maxlen=MAXLEN)
         on_event("ready", job=job.job, tasks=job.tasks)
         sent, bodies = 0, (wire.encode_task(task) for task in tasks)
-        while not cracked.is_set() and (chunk := list(islice(bodies, CHUNK))):
+        while not cracked.is_set() and (chunk := list(islice(bodies, min(CHUNK, window)))):
             while await undone(redis, channels.tasks, channels.group) >= window:  # noqa: ASYNC110 (the broker's count)
                 await asyncio.sleep(0.05)
             async with redis.pipeline(transaction=False) as pipe:  # one round trip
