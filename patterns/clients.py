@@ -51,7 +51,13 @@ CONNECT_TIMEOUT_S = 5.0
 
 # "the broker is gone for now": the errors worth a retry, one set per client
 REDIS_LOST = (redis_errors.ConnectionError, redis_errors.TimeoutError)
-AMQP_LOST = (aio_pika.exceptions.AMQPConnectionError, ConnectionError, OSError, TimeoutError)
+AMQP_LOST = (
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,  # its channel closed with the connection
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 
 class Misconfigured(RuntimeError):

@@ -30,7 +30,7 @@ Beyond the book's sample:
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 
 import aio_pika
@@ -65,6 +65,16 @@ async def publish(channel: AbstractChannel, queue: str, body: bytes, **headers: 
     await channel.default_exchange.publish(message, routing_key=queue)
 
 
+async def again(channel: AbstractChannel, step: Callable[[], Awaitable[object]]) -> None:
+    """`await step()`; if the connection drops meanwhile, wait until the robust channel is
+    back and do it again: at least once."""
+    while True:
+        try:
+            return await step()  # type: ignore[return-value]
+        except clients.AMQP_LOST:
+            await channel.ready()
+
+
 async def listen(
     channel: AbstractChannel, exchange: str, on_notice: Callable[[bytes], object]
 ) -> None:
@@ -94,20 +104,20 @@ async def producer(
         await listen(
             channel, channels.control, lambda n: wire.cracks(n, job.searchHash) and cracked.set()
         )
-        await publish(channel, channels.reports, wire.encode(job))
+        await again(channel, lambda: publish(channel, channels.reports, wire.encode(job)))
         on_event("ready", job=job.job, tasks=job.tasks)
         sent, bodies = 0, (wire.encode_task(task) for task in tasks)
         while not cracked.is_set() and (chunk := list(islice(bodies, min(CHUNK, window)))):
-            while (await queue.declare()).message_count >= window:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # a declare says how many wait: polled, no event
-            while True:  # at least once: the whole chunk again if the connection dropped
-                try:
-                    await asyncio.gather(*(publish(channel, channels.tasks, b) for b in chunk))
-                    break
-                except clients.AMQP_LOST:
-                    await channel.ready()  # the robust channel is back
+
+            async def send(chunk: list[bytes] = chunk) -> None:
+                while (await queue.declare()).message_count >= window:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # a declare says how many wait: polled, no event
+                await asyncio.gather(*(publish(channel, channels.tasks, b) for b in chunk))
+
+            await again(channel, send)  # at least once: the whole chunk again after a cut
             sent += len(chunk)
-        await publish(channel, channels.reports, wire.encode(wire.Sent(job.job, sent)))
+        done = wire.encode(wire.Sent(job.job, sent))
+        await again(channel, lambda: publish(channel, channels.reports, done))
     on_event("result", job=job.job, sent=sent)
     return sent
 
@@ -143,8 +153,7 @@ async def worker(
             async for message in deliveries:
                 attempts = attempts_of(message)
                 if message.redelivered and attempts <= work.max_attempts:
-                    async with message.process():  # a copy, counted, goes to the back
-                        await publish(channel, channels.tasks, message.body, **{ATTEMPTS: attempts})
+                    await count_delivery(channel, channels, message, attempts)
                     continue
                 outcome = await work.process(message.body, attempts)
                 done = asyncio.create_task(finish(channel, channels, message, outcome))
@@ -154,6 +163,18 @@ async def worker(
                     break
             await asyncio.gather(*finishing)  # every finished task acked before leaving
     on_event("result", name=work.name, **work.tally.as_dict())
+
+
+async def count_delivery(
+    channel: AbstractChannel, channels: Channels, message: AbstractIncomingMessage, attempts: int
+) -> None:
+    """A copy of the task with its delivery count goes to the back of the queue; the original
+    is acked once the copy is confirmed (if not, it comes again, uncounted)."""
+    try:
+        async with message.process(requeue=True):
+            await publish(channel, channels.tasks, message.body, **{ATTEMPTS: attempts})
+    except Exception as error:
+        log.warning("a redelivered task stays unacked (%s)", clients.reason(error))
 
 
 async def finish(
