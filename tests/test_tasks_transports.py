@@ -3,20 +3,24 @@ job, a worker killed with kill -9, poison tasks, a broker going away mid-job, a 
 that comes back without its data."""
 
 import asyncio
-import signal
+import dataclasses
 import hashlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
 
+import aio_pika
 import pytest
 import zmq
 import zmq.asyncio
 
 from patterns import clients, config, processes
 from patterns.faults import Proxy, RedisServer
+from patterns.messages import MalformedMessage
 from patterns.tasks import admin, run, streams, wire
 from patterns.tasks.job import TRANSPORTS, Channels, plan, unique
 
@@ -414,3 +418,136 @@ async def test_the_producer_holds_back_at_its_window(transport: str, channels: C
             async with clients.redis() as redis:
                 waiting = await redis.xlen(channels.tasks)
         assert waiting == 10 and producer.returncode is None
+
+
+# ---- random input at every decoding boundary, through the real brokers -----------------
+
+BOUNDARY_VALUES = [None, True, -1, 0, 1.5, 2**63, 10**30, "", "é" * 40, [], {}, "x" * 3_000]
+
+
+def garbage(seed: int, count: int, valid: bytes, decode) -> list[bytes]:
+    """`count` seeded random messages that `decode` refuses: random bytes, random JSON,
+    `valid` with a field set to a boundary value, dropped, or an integer too long for
+    Python to read (the kind that once killed every worker), or `valid` cut short."""
+    rng, fields = random.Random(seed), json.loads(valid)
+    found: list[bytes] = []
+    while len(found) < count:
+        kind, key = rng.randrange(6), rng.choice(sorted(fields))
+        if kind == 0:
+            data = rng.randbytes(rng.randrange(200))
+        elif kind == 1:
+            data = json.dumps(rng.choice(BOUNDARY_VALUES)).encode()
+        elif kind == 2:
+            data = json.dumps(fields | {key: rng.choice(BOUNDARY_VALUES)}).encode()
+        elif kind == 3:
+            data = json.dumps({k: v for k, v in fields.items() if k != key}).encode()
+        elif kind == 4:
+            huge = "9" * rng.randrange(4_300, 4_400)  # under the size limit, over int's
+            data = json.dumps(fields | {key: 0}).replace(f'"{key}": 0', f'"{key}": {huge}')
+            data = data.encode()
+        else:
+            data = valid[: rng.randrange(len(valid))]
+        try:
+            decode(data)
+        except MalformedMessage:
+            found.append(data)
+    return found
+
+
+def random_tasks(seed: int, count: int = 30) -> list[bytes]:
+    _, tasks = plan(NODE_HASH, 3, batch_size=10)
+    return garbage(seed, count, wire.encode_task(next(tasks)), wire.decode_task)
+
+
+@brokered
+async def test_random_tasks_are_dead_lettered_and_the_next_job_is_done(
+    transport: str, channels: Channels
+) -> None:
+    junk = random_tasks(seed=20)
+    await admin.put_raw(transport, channels, junk)
+    result = await run.crack(
+        transport, channels, word="cab", max_length=3, workers=1, collector_options=FAST
+    )
+    assert result["word"] == "cab" and result["complete"]  # the worker lived on
+    letters = await admin.dead_letters(transport, channels)
+    assert len(letters) == len(junk) and all(letter["reason"] for letter in letters)
+    assert len(result["dead"]) == len(junk)  # and the collector heard of each
+
+
+async def test_a_zmq_worker_survives_random_tasks() -> None:
+    junk = random_tasks(seed=6)
+    context = zmq.asyncio.Context()
+    try:
+        sockets = [context.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.PUB, zmq.PULL)]
+        tasks, results, _, reports = sockets
+        endpoints = [s.bind("tcp://127.0.0.1:0").addr for s in sockets]
+        async with processes.children() as started:
+            options = Channels(*endpoints).options()
+            started.append(
+                await processes.start(
+                    "patterns.tasks", "worker", "--transport", "zmq", "--name", "w1", *options
+                )
+            )
+            for data in junk:
+                await tasks.send(data)
+            _, good = plan(NODE_HASH, 4, batch_size=300_000)
+            await tasks.send(wire.encode_task(next(good)))
+            for _ in junk:
+                dead = wire.decode_report(await asyncio.wait_for(reports.recv(), 10))
+                assert isinstance(dead, wire.Dead) and dead.reason
+            assert await asyncio.wait_for(results.recv(), 10) == b"Found: node"
+    finally:
+        context.destroy(linger=0)
+
+
+async def put_reports(transport: str, channels: Channels, bodies: list[bytes]) -> None:
+    """Put messages on the reports channel as they are, while a collector listens."""
+    if transport == "zmq":
+        context = zmq.asyncio.Context()
+        try:
+            push = context.socket(zmq.PUSH)
+            push.connect(channels.reports)
+            for body in bodies:
+                await push.send(body)
+            push.linger = 5_000
+            push.close()
+        finally:
+            context.term()
+    elif transport == "amqp":
+        async with await clients.amqp() as connection:
+            channel = await connection.channel()
+            for body in bodies:
+                message = aio_pika.Message(body)
+                await channel.default_exchange.publish(message, routing_key=channels.reports)
+    else:
+        async with clients.redis() as redis:
+            for body in bodies:
+                await redis.xadd(channels.reports, {"report": body})
+
+
+async def test_random_reports_are_counted_and_skipped(transport: str, channels: Channels) -> None:
+    done = wire.encode(wire.Done("w1", "j", NODE_HASH, 1, 10, 10, None, False, 1))
+    junk = garbage(7, 30, done, wire.decode_report)
+    junk = [j for j in junk if wire.found_word(j) is None]  # "Found: ..." is a result
+    sent = asyncio.Event()
+
+    async def inject(crew: run.Crew, stats: dict) -> None:
+        if not sent.is_set():
+            sent.set()
+            where = crew.channels
+            if transport == "zmq":  # bound to a free port: the collector said which
+                where = dataclasses.replace(where, reports=crew.collector.ready["reports"])
+            await put_reports(transport, where, junk)
+
+    result = await run.crack(
+        transport,
+        channels,
+        search_hash=NOWHERE,
+        max_length=5,
+        alphabet="abcdefghijklmnop",
+        workers=1,
+        during=inject,
+        collector_options=FAST,
+    )
+    assert sent.is_set() and result["complete"] and result["ledger"]["lost"] == 0
+    assert result["malformed"] == len(junk)

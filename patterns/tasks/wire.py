@@ -91,11 +91,19 @@ def _object(data: bytes | str) -> dict[str, Any]:
 
 
 def decode_task(data: bytes | str) -> Task:
-    """The task in `data`, or `MalformedTask` naming the first problem found."""
+    """The task in `data`, or `MalformedTask` naming the first problem found. Whatever
+    goes wrong in decoding, even a failure no check foresaw, is bad input, never a crash."""
     try:
-        fields = _object(data)
+        return _task(_object(data))
+    except MalformedTask:
+        raise
     except MalformedMessage as error:
         raise MalformedTask(str(error)) from None
+    except Exception as error:
+        raise MalformedTask(f"unreadable task: {type(error).__name__}: {error}") from None
+
+
+def _task(fields: dict[str, Any]) -> Task:
     try:
         search_hash, alphabet = fields["searchHash"], fields["alphabet"]
         start, end = fields["batchStart"], fields["batchEnd"]
@@ -237,9 +245,19 @@ def _schema(kind: type) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
 
 def decode_report(data: bytes | str) -> Report:
     """A report, or `MalformedMessage` for anything else: every field of the right type
-    (a count is an int, never a bool), nothing negative, a batch size of at least 1."""
-    fields_in = _object(data)
-    kind = REPORTS.get(fields_in.get("type"))  # type: ignore[arg-type]
+    (a count is an int, never a bool), nothing negative, a batch size of at least 1.
+    Whatever goes wrong, even a failure no check foresaw, is bad input, never a crash."""
+    try:
+        return _report(_object(data))
+    except MalformedMessage:
+        raise
+    except Exception as error:
+        raise MalformedMessage(f"unreadable report: {type(error).__name__}: {error}") from None
+
+
+def _report(fields_in: dict[str, Any]) -> Report:
+    kind_name = fields_in.get("type")
+    kind = REPORTS.get(kind_name) if type(kind_name) is str else None
     if kind is None:
         raise MalformedMessage(f"not a report: {fields_in.get('type')!r:.40}")
     values = {}
