@@ -15,6 +15,7 @@ that is ready at once instead, without an `await` per message; `--impl fast` run
 import argparse
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -240,9 +241,15 @@ async def run(
     async with processes.children() as started:
         # the raw loop, a benchmark's yardstick, lives with the benchmark
         module = "patterns.bench.oneway" if impl == "raw" else __name__
+        # a list of this run's own: two runs at once (a notebook and the tests) on one key
+        # would take each other's messages
+        endpoint = (
+            f"{QUEUE}:{uuid.uuid4().hex[:12]}"
+            if transport == "redis"
+            else DEFAULT_ENDPOINT[transport]
+        )
         receiver = await processes.start(
-            module, "receive", "--transport", transport, "--to", DEFAULT_ENDPOINT[transport],
-            "--impl", impl,
+            module, "receive", "--transport", transport, "--to", endpoint, "--impl", impl,
         )  # fmt: skip
         started.append(receiver)
         options = ["--count", str(count), "--to", receiver.ready["endpoint"]]
