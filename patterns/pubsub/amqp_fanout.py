@@ -100,3 +100,7 @@ async def messages(deliveries: AbstractQueueIterator) -> AsyncIterator[bytes]:
                 yield message.body
         except ChannelInvalidStateError:
             pass  # its channel died before the ack: the message went with an exclusive queue
+        except Exception as error:
+            # aiormq fails an ack caught by the connection's drop with a bare Exception
+            if type(error) is not Exception:
+                raise
