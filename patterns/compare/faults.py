@@ -1,0 +1,849 @@
+"""Every transport under the same faults, each counted with the delivery ledger.
+
+    results = await under_faults(quick=True)       # {fault: {transport: result}}
+    result = await run_fault("cut", "redis", quick=True)
+
+Four faults, each injected while a producer in this process sends numbered probes
+(`patterns.measure.probe`) at a fixed rate, open loop, to consumers that are child
+processes (`python -m patterns.compare.faults consume ...`), so a fault can be real:
+
+* **sigkill**: a consumer killed with SIGKILL mid-run. Work-queue shape (one producer, two
+  workers) for ZeroMQ PUSH/PULL, AMQP competing consumers and a Redis Streams consumer
+  group; fan-out shape for Redis Pub/Sub, which has no work queue (the subscriber is
+  started again half a second later);
+* **cut**: a subscriber's connection cut for 2 s by `patterns.faults.Proxy`, then
+  restored (fan-out: one subscriber through the proxy, one direct);
+* **restart**: a private `redis-server` (`patterns.faults.RedisServer`) restarted mid-run,
+  without and with its append-only file, while a subscriber reading at half the
+  producer's rate holds a backlog; RabbitMQ: what its documentation promises (a private
+  node is not started: it would take much of the notebook's time budget);
+* **slow**: a subscriber 10x slower than the producer, next to one at full speed: what the
+  broker holds for it (memory, queue depth), whether the producer is held back, whether
+  the other subscriber notices; then the slow one is sped up (SIGUSR1) to drain.
+
+A consumer reports each message it handled to this process *before* it acknowledges it
+(at least once: a consumer killed between the two has its message delivered again, and
+the ledger counts a duplicate). What never reached any consumer is lost.
+
+Each result: {"shape", "sent", "delivered", "lost", "duplicated", "reordered",
+"measured", "detail", ...}, with the numbers of the faulted consumer (fan-out: the victim;
+work queue: the whole queue) and fault-specific numbers beside them.
+"""
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import numpy as np
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from patterns import cli, clients, config, processes
+from patterns.events import OnEvent, log_event
+from patterns.faults import Proxy, RedisServer
+from patterns.measure import DeliveryLedger, paced, percentiles, probe, read_probe
+from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
+
+FAULTS: dict[str, tuple[str, ...]] = {
+    "sigkill": ("zmq", "amqp", "streams", "redis"),
+    "cut": ("redis", "zmq", "amqp", "streams"),
+    "restart": ("redis", "streams", "amqp"),
+    "slow": ("redis", "zmq", "amqp", "streams"),
+}
+NAMES = {
+    "redis": "Redis Pub/Sub",
+    "zmq": "ZeroMQ",
+    "amqp": "AMQP",
+    "streams": "Redis Streams",
+}
+WORKQUEUE = {"sigkill": ("zmq", "amqp", "streams")}  # the rest run in the fan-out shape
+RABBITMQ_DOCS = (
+    "https://www.rabbitmq.com/docs/persistence-conf",
+    "https://www.rabbitmq.com/docs/reliability",
+)
+SIZE = 64  # bytes per probe
+RATE = 250.0  # probes per second: four transports side by side, each with its consumer
+# processes, must leave this 2-core machine idle enough that a fault is the only trouble
+CONFIRMS = 64  # AMQP publishes awaiting their confirm at once
+PREFETCH = 50  # AMQP unacked deliveries per consumer; Streams entries per read
+CLAIM_IDLE_MS = 1_000  # a Streams group entry pending this long is taken over
+QUIET_S = 1.5  # no delivery for this long after the last send: the run is over
+CAP_S = 30.0  # at most this long to drain after the last send
+HWM = zmq_peers.HWM
+MODULE = (
+    "patterns.compare.faults"  # what a consumer runs (`__name__` is "__main__" from a terminal)
+)
+LATENCY_LIMIT_NS = 60 * 10**9
+
+
+@dataclass(frozen=True)
+class Size:
+    rate: float  # probes per second, open loop
+    count: int
+
+    @property
+    def seconds(self) -> float:
+        return self.count / self.rate
+
+
+def size(fault: str, quick: bool) -> Size:
+    """How many probes, how fast: `quick` (or PATTERNS_SCALE=small) is the test suite's."""
+    small = quick or config.SCALE == "small"
+    seconds = {"sigkill": (8, 3), "cut": (10, 6), "restart": (8, 4), "slow": (8, 3)}[fault]
+    return Size(rate=RATE, count=int(RATE * seconds[1 if small else 0]))
+
+
+def shape_of(fault: str, transport: str) -> str:
+    return "workqueue" if transport in WORKQUEUE.get(fault, ()) else "fanout"
+
+
+def unique(prefix: str) -> str:
+    """A name no other run uses: queues, streams, exchanges are deleted at the end."""
+    return f"compare.faults.{prefix}.{uuid.uuid4().hex[:8]}"
+
+
+# ---- the consumer: a child process -------------------------------------------------------
+
+
+class Handler:
+    """What a consumer does with each message: `work_ms` of blocking work (a slow consumer;
+    SIGUSR1 makes it fast), then it tells the parent, before the message is acknowledged."""
+
+    def __init__(self, work_ms: float) -> None:
+        self.work_s = work_ms / 1000
+
+    def fast(self) -> None:
+        self.work_s = 0.0
+
+    def handle(self, messages: list[bytes], last_id: str | None = None) -> None:
+        seqs, lat = [], []
+        for message in messages:
+            if self.work_s:
+                time.sleep(self.work_s)  # deliberate: work that blocks
+            _, seq, sent_ns = read_probe(message)
+            seqs.append(seq)
+            lat.append((time.perf_counter_ns() - sent_ns) // 1000)
+        fields: dict[str, Any] = {"seqs": seqs, "lat_us": lat}
+        if last_id is not None:
+            fields["id"] = last_id
+        processes.report("got", **fields)
+
+
+def note(event: str, **fields: object) -> None:
+    """A consumer's events (resubscribed, reconnected...) go to the parent, timestamped."""
+    processes.report("note", what=event, t_ns=time.perf_counter_ns(), **fields)
+
+
+async def consume(options: argparse.Namespace) -> None:
+    handler = Handler(options.work_ms)
+    # not the event loop's signal handling: a consumer whose messages are already buffered
+    # never gives its loop a turn, and would not hear it until its backlog was drained
+    signal.signal(signal.SIGUSR1, lambda *_: handler.fast())
+    ready = lambda: processes.report("ready", name=options.name)  # noqa: E731
+    target, transport = options.target, options.transport
+    if transport == "redis":
+        async with (
+            clients.redis() as redis,
+            redis_pubsub.subscription(redis, target, note) as messages,
+        ):
+            ready()
+            async for message in messages:
+                handler.handle([message])
+    elif transport == "streams" and options.shape == "fanout":
+        async with (
+            clients.redis() as redis,
+            redis_streams.subscription(redis, target, options.after, on_event=note) as entries,
+        ):
+            ready()
+            async for entry_id, message in entries:
+                handler.handle([message], entry_id.decode())
+    elif transport == "streams":
+        async with clients.redis() as redis:
+            ready()
+            await group_consumer(redis, target, options.group, options.name, handler)
+    elif transport == "amqp":
+        async with await clients.amqp() as connection:
+            connection.reconnect_callbacks.add(lambda *_: note("reconnected"))
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue(target, durable=True)  # declared by the parent
+            async with queue.iterator() as deliveries:
+                ready()
+                async for message in amqp_fanout.messages(deliveries):  # acked after handling
+                    handler.handle([message])
+    else:
+        context = zmq.asyncio.Context()
+        try:
+            if options.shape == "fanout":
+                async with zmq_peers.subscription(
+                    context, [target], zmq_peers.TOPIC, options.hwm, note
+                ) as messages:
+                    ready()
+                    async for message in messages:
+                        handler.handle([message])
+            else:
+                puller = context.socket(zmq.PULL)
+                puller.rcvhwm = options.hwm
+                puller.connect(target)
+                ready()
+                while True:
+                    handler.handle([await puller.recv()])
+        finally:
+            context.destroy(linger=0)
+
+
+async def group_consumer(redis: Any, stream: str, group: str, name: str, handler: Handler) -> None:
+    """A consumer of a Streams group: XREADGROUP, handle, XACK; every half `CLAIM_IDLE_MS`
+    it takes over what another consumer left pending for longer (XAUTOCLAIM)."""
+    claimed_at = time.monotonic()
+    while True:
+        entries: list = []
+        if time.monotonic() - claimed_at > CLAIM_IDLE_MS / 2000:
+            claimed_at = time.monotonic()
+            _, entries, *_ = await redis.xautoclaim(
+                stream, group, name, min_idle_time=CLAIM_IDLE_MS, count=PREFETCH
+            )
+        if not entries:
+            reply = await redis.xreadgroup(group, name, {stream: ">"}, PREFETCH, 200)
+            entries = [entry for _, batch in reply for entry in batch]
+        if entries:
+            handler.handle([fields[b"message"] for _, fields in entries])
+            await redis.xack(stream, group, *(entry_id for entry_id, _ in entries))
+
+
+# ---- the parent: producer, ledger, fault -------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One run: the producer's schedule, the consumers' reports, a ledger per consumer key
+    (fan-out: each subscriber; work queue: the queue as a whole)."""
+
+    fault: str
+    transport: str
+    shape: str
+    size: Size
+    on_event: OnEvent
+    target: str = ""  # what the consumers read: channel, stream, queue, endpoint
+    ledgers: dict[str, DeliveryLedger] = field(default_factory=dict)
+    seen: dict[str, set[int]] = field(default_factory=dict)
+    latency_us: dict[str, list[int]] = field(default_factory=dict)
+    cursors: dict[str, str] = field(default_factory=dict)  # Streams: last entry id handled
+    notes: list[tuple[int, str, str]] = field(default_factory=list)  # (t_ns, name, what)
+    sent_ns: list[int] = field(default_factory=list)  # when each probe was published
+    lag_ns: int = 0  # the producer's longest delay behind its schedule
+    reordered_by_worker: int = 0
+    last_got_ns: int = 0
+    last_got_by_name: dict[str, int] = field(default_factory=dict)
+    children: list[processes.Child] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def key(self, name: str) -> str:
+        return "queue" if self.shape == "workqueue" else name
+
+    async def consumer(
+        self, name: str, *args: str, env: dict[str, str] | None = None, target: str = ""
+    ) -> processes.Child:
+        child = await processes.start(
+            MODULE, "consume", "--transport", self.transport, "--shape", self.shape,
+            "--name", name, "--target", target or self.target, *args,
+            name=f"{self.fault} {self.transport} {name}", env=env,
+        )  # fmt: skip
+        self.children.append(child)
+        self.tasks.append(asyncio.create_task(self._pump(child, name)))
+        return child
+
+    async def _pump(self, child: processes.Child, name: str) -> None:
+        key = self.key(name)
+        ledger = self.ledgers.setdefault(key, DeliveryLedger())
+        seen = self.seen.setdefault(key, set())
+        latency = self.latency_us.setdefault(name, [])
+        last = -1  # this process's last seq: a work-queue worker's order
+        async for report in child.reports():
+            if report["event"] == "got":
+                self.last_got_ns = self.last_got_by_name[name] = time.perf_counter_ns()
+                for seq in report["seqs"]:
+                    ledger.record(key, seq)
+                    seen.add(seq)
+                    self.reordered_by_worker += seq < last
+                    last = max(last, seq)
+                latency.extend(report["lat_us"])
+                if "id" in report:
+                    self.cursors[name] = report["id"]
+            elif report["event"] == "note":
+                self.notes.append((report["t_ns"], name, report["what"]))
+                self.on_event("note", fault=self.fault, transport=self.transport, **report)
+
+    def delivered(self, name: str) -> int:
+        return len(self.seen.get(self.key(name), ()))
+
+    def published_between(self, start_ns: int, end_ns: int) -> int:
+        """Probes published in [start_ns, end_ns)."""
+        return bisect.bisect_left(self.sent_ns, end_ns) - bisect.bisect_left(self.sent_ns, start_ns)
+
+    async def produce(
+        self, send: Callable[[bytes], Awaitable[object]], hooks: dict[int, Callable[[], Any]]
+    ) -> None:
+        """Every probe at its time, stamped with it; at seq k, `hooks[k]()` starts (a fault)."""
+        seq = 0
+        async for due in paced(self.size.rate, self.size.count, precise=False):
+            for due_ns in due:
+                if seq in hooks:
+                    self.tasks.append(asyncio.create_task(hooks[seq]()))
+                    await asyncio.sleep(0)  # the fault begins before the next probe
+                self.lag_ns = max(self.lag_ns, time.perf_counter_ns() - due_ns)
+                await send(probe("p0", seq, due_ns, SIZE))
+                self.sent_ns.append(time.perf_counter_ns())
+                seq += 1
+            if seq % 500 < len(due):
+                self.on_event("progress", fault=self.fault, transport=self.transport, sent=seq)
+
+    def heard_since(self, name: str, t_ns: int) -> bool:
+        """Has consumer `name` reported anything (a delivery, a reconnection) since `t_ns`?"""
+        noted = any(t > t_ns and who == name for t, who, _ in self.notes)
+        return noted or self.last_got_by_name.get(name, 0) > t_ns
+
+    async def settle(
+        self, names: list[str], quiet_s: float = QUIET_S, back: Callable[[], bool] | None = None
+    ) -> None:
+        """Until every consumer in `names` has had every probe, or none came for `quiet_s`
+        (counted only once `back()` says a consumer cut off is back), or `CAP_S` passed."""
+        deadline = time.monotonic() + CAP_S
+        while time.monotonic() < deadline:
+            if all(self.delivered(name) >= self.size.count for name in names):
+                await asyncio.sleep(0.2)  # late duplicates still count
+                return
+            quiet_ns = time.perf_counter_ns() - max(self.last_got_ns, self.sent_ns[-1])
+            if quiet_ns > quiet_s * 1e9 and (back is None or back()):
+                return
+            await asyncio.sleep(0.05)
+
+    def counted(self, name: str) -> dict[str, int]:
+        key = self.key(name)
+        report = self.ledgers.setdefault(key, DeliveryLedger()).report({key: self.size.count})
+        return {
+            "sent": report.sent,
+            "delivered": report.received - report.duplicated,
+            "lost": report.lost,
+            "duplicated": report.duplicated,
+            "reordered": self.reordered_by_worker
+            if self.shape == "workqueue"
+            else report.out_of_order,
+        }
+
+    def lost_seqs(self, name: str) -> list[int]:
+        key = self.key(name)
+        return sorted(set(range(self.size.count)) - self.seen.get(key, set()))
+
+    def p99_ms(self, name: str) -> float | None:
+        lat = self.latency_us.get(name)
+        if not lat:
+            return None
+        summary = percentiles(np.array(lat, dtype=np.int64) * 1000, LATENCY_LIMIT_NS)
+        return round(summary.p99_ns / 1e6, 2)
+
+    def result(self, name: str, detail: str, **extra: Any) -> dict:
+        return (
+            {"shape": self.shape, **self.counted(name), "measured": True, "detail": detail}
+            | {"producer_max_lag_ms": round(self.lag_ns / 1e6, 1)}
+            | extra
+        )
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*(child.stop() for child in self.children), return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+# ---- producers, and what each transport needs set up and cleaned up ----------------------
+
+
+@contextlib.asynccontextmanager
+async def producing(
+    trial: Trial, redis_url: str | None = None, queues: tuple[str, ...] = ()
+) -> AsyncIterator[tuple[Callable[[bytes], Awaitable[object]], Callable[[int], Awaitable[None]]]]:
+    """(send, wait_for_consumers(n)) for the trial's transport and shape, its channel set up;
+    everything it created is gone afterwards. `queues`: AMQP fan-out queues (durable, one
+    per subscriber), declared and bound before anything is published."""
+    transport, shape = trial.transport, trial.shape
+    if transport in ("redis", "streams"):
+        trial.target = unique(f"{trial.fault}.{transport}")
+        redis = clients.redis(redis_url)
+        try:
+            if transport == "redis":
+
+                async def send(message: bytes) -> object:
+                    return await redis_pubsub.publish(redis, message, trial.target)
+
+                async def wait_for(n: int) -> None:  # Redis says how many have subscribed
+                    while (await redis.pubsub_numsub(trial.target))[0][1] < n:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+            else:
+                if shape == "workqueue":
+                    await redis.xgroup_create(trial.target, "workers", id="0", mkstream=True)
+
+                async def send(message: bytes) -> object:
+                    return await redis_streams.publish(
+                        redis, message, trial.target, maxlen=10 * trial.size.count
+                    )
+
+                async def wait_for(n: int) -> None:
+                    pass  # a Streams reader pinned its cursor before it said it was ready
+
+            yield send, wait_for
+        finally:
+            with contextlib.suppress(*clients.REDIS_LOST):
+                await redis.delete(trial.target)
+            await redis.aclose()
+    elif transport == "amqp":
+        trial.target = unique(f"{trial.fault}.amqp")
+        connection = await clients.amqp()
+        in_flight: set[asyncio.Task] = set()
+        window = asyncio.Semaphore(CONFIRMS)
+        try:
+            channel = await connection.channel()
+            if shape == "workqueue":
+                await channel.declare_queue(trial.target, durable=True)
+
+                async def publish(message: bytes) -> object:
+                    persistent = aio_pika.DeliveryMode.PERSISTENT
+                    body = aio_pika.Message(message, delivery_mode=persistent)
+                    return await channel.default_exchange.publish(body, routing_key=trial.target)
+            else:
+                exchange = await amqp_fanout.declare_exchange(channel, trial.target)
+                for queue in queues:
+                    await amqp_fanout.declare_queue(channel, queue, trial.target, durable=True)
+
+                async def publish(message: bytes) -> object:
+                    return await amqp_fanout.publish(exchange, message)
+
+            async def confirmed(message: bytes) -> None:
+                try:
+                    await publish(message)
+                finally:
+                    window.release()
+
+            async def send(message: bytes) -> object:
+                """Published in order on one channel; up to CONFIRMS confirms awaited at once
+                (one at a time, a persistent message's disk write would set the pace)."""
+                await window.acquire()
+                task = asyncio.create_task(confirmed(message))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                await asyncio.sleep(0)  # its frames go out now, before the next message's
+                return task
+
+            async def wait_for(n: int) -> None:
+                pass  # the queues exist already: what is published waits in them
+
+            yield send, wait_for
+            await asyncio.gather(*in_flight)  # every confirm, before the queues go
+        finally:
+            for task in in_flight:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                cleanup = await connection.channel()
+                for queue in (*queues, trial.target):
+                    with contextlib.suppress(Exception):
+                        await cleanup.queue_delete(queue)
+                if shape == "fanout":
+                    await cleanup.exchange_delete(trial.target)
+            await connection.close()
+    else:
+        context = zmq.asyncio.Context()
+        try:
+            trial.target = f"tcp://127.0.0.1:{processes.free_port()}"
+            if shape == "fanout":
+                socket = zmq_peers.bind_publisher(context, trial.target, HWM)
+
+                async def send(message: bytes) -> object:
+                    return await zmq_peers.publish(socket, message)
+
+                async def wait_for(n: int) -> None:
+                    await zmq_peers.wait_for_subscribers(socket, n)
+            else:
+                socket = context.socket(zmq.PUSH)
+                socket.sndhwm = HWM
+                monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                socket.bind(trial.target)
+
+                async def send(message: bytes) -> object:
+                    return await socket.send(message)
+
+                async def wait_for(n: int) -> None:  # PUSH deals to whoever is connected now
+                    for _ in range(n):
+                        await recv_monitor_message(monitor)
+                    socket.disable_monitor()
+
+            yield send, wait_for
+        finally:
+            context.destroy(linger=0)
+
+
+# ---- the faults ---------------------------------------------------------------------------
+
+
+async def sigkill(trial: Trial) -> dict:
+    """Kill a consumer with SIGKILL at 40% of the run. Work queue: the other worker goes on.
+    Fan-out (Pub/Sub): the subscriber is started again 0.5 s later."""
+    kill_at = int(trial.size.count * 0.4)
+    moments: dict[str, int] = {}
+    async with producing(trial) as (send, wait_for):
+        if trial.shape == "workqueue":
+            group = ["--group", "workers"] if trial.transport == "streams" else []
+            victim = await trial.consumer("w1", *group)
+            await trial.consumer("w2", *group)
+            await wait_for(2)
+
+            async def kill() -> None:
+                moments["handled_before"] = trial.delivered("w1")
+                victim.kill()
+
+            await trial.produce(send, {kill_at: kill})
+            await trial.settle(["w1"], QUIET_S + CLAIM_IDLE_MS / 1000)
+            counted = trial.counted("w1")
+            detail = {
+                "zmq": "PUSH had dealt messages to the killed worker's connection; "
+                "nothing redelivers them, so they are lost",
+                "amqp": "the broker redelivered the killed worker's unacknowledged "
+                "messages to the other worker: nothing lost",
+                "streams": "the other worker claimed the killed worker's pending entries "
+                "(XAUTOCLAIM) once idle: nothing lost",
+            }[trial.transport]
+            return trial.result("w1", f"{detail} ({counted['lost']} lost).", killed_at=kill_at)
+        victim = await trial.consumer("s1")
+        await trial.consumer("s2")
+        await wait_for(2)
+
+        async def kill_and_restart() -> None:
+            victim.kill()
+            moments["killed_ns"] = time.perf_counter_ns()
+            await asyncio.sleep(0.5)
+            await trial.consumer("s1")
+            moments["back_ns"] = time.perf_counter_ns()
+
+        await trial.produce(send, {kill_at: kill_and_restart})
+        await trial.settle(["s1", "s2"])
+    away = trial.published_between(moments["killed_ns"], moments["back_ns"])
+    counted = trial.counted("s1")
+    return trial.result(
+        "s1",
+        f"Pub/Sub keeps nothing for a subscriber that is gone: the restarted subscriber "
+        f"lost {counted['lost']}, {away} published while it was away.",
+        published_while_away=away,
+        others_lost=trial.counted("s2")["lost"],
+    )
+
+
+async def cut(trial: Trial) -> dict:
+    """Cut subscriber s1's connection for 2 s through a proxy (s2 connects directly)."""
+    cut_at, down_s = int(trial.size.rate * 1.0), 2.0
+    moments: dict[str, int] = {}
+    queues = (unique("cut.amqp.s1"), unique("cut.amqp.s2")) if trial.transport == "amqp" else ()
+    async with producing(trial, queues=queues) as (send, wait_for):
+        if trial.transport == "zmq":
+            proxy = Proxy(trial.target)
+        else:
+            proxy = Proxy(config.AMQP_URL if trial.transport == "amqp" else config.REDIS_URL)
+        async with proxy:
+            env = {"AMQP_URL" if trial.transport == "amqp" else "REDIS_URL": proxy.url}
+            targets = queues or ("", "")
+            if trial.transport == "zmq":
+                await trial.consumer("s1", target=f"tcp://127.0.0.1:{proxy.port}")
+            else:
+                await trial.consumer("s1", env=env, target=targets[0])
+            await trial.consumer("s2", target=targets[1])
+            await wait_for(2)
+
+            async def cut_and_resume() -> None:
+                moments["cut_ns"] = time.perf_counter_ns()
+                await proxy.cut()
+                moments["down_ns"] = time.perf_counter_ns()
+                await asyncio.sleep(down_s)
+                moments["resume_ns"] = time.perf_counter_ns()
+                await proxy.resume()
+
+            await trial.produce(send, {cut_at: cut_and_resume})
+            await trial.settle(
+                ["s1", "s2"],
+                back=lambda: (
+                    "resume_ns" in moments and trial.heard_since("s1", moments["resume_ns"])
+                ),
+            )
+    back = [t for t, name, what in trial.notes if name == "s1" and t > moments["resume_ns"]]
+    lost = trial.lost_seqs("s1")
+    while_cut = trial.published_between(moments["down_ns"], moments["resume_ns"])
+    while_away = trial.published_between(
+        moments["cut_ns"], back[0] if back else moments["resume_ns"]
+    )
+    counted = trial.counted("s1")
+    what = {
+        "redis": "Pub/Sub kept nothing for the subscriber while it was away",
+        "zmq": "the publisher dropped the subscriber's messages while it was disconnected",
+        "amqp": "the durable queue held the subscriber's messages while it was away",
+        "streams": "the reader resumed from its cursor and read what was appended meanwhile",
+    }[trial.transport]
+    return trial.result(
+        "s1",
+        f"{what}: {counted['lost']} lost, {while_away} published while it was away.",
+        down_s=down_s,
+        published_while_cut=while_cut,
+        published_while_away=while_away,
+        away_s=round(((back[0] if back else moments["resume_ns"]) - moments["cut_ns"]) / 1e9, 2),
+        lost_first=lost[0] if lost else None,
+        lost_last=lost[-1] if lost else None,
+        cut_at=cut_at,
+        others_lost=trial.counted("s2")["lost"],
+    )
+
+
+async def restart_redis(trial: Trial, appendonly: bool) -> dict:
+    """Restart a private redis-server at half the run; the subscriber reads at half the
+    producer's rate, so the broker holds a backlog for it then."""
+    restart_at = trial.size.count // 2
+    moments: dict[str, Any] = {}
+    async with RedisServer(appendonly) as server, producing(trial, server.url) as (send, wait):
+        env = {"REDIS_URL": server.url}
+        args = ["--after", "$"] if trial.transport == "streams" else []
+        victim = await trial.consumer(
+            "s1", "--work-ms", str(2000 / trial.size.rate), *args, env=env
+        )
+        await wait(1)
+        probe_client = clients.redis(server.url)
+        try:
+
+            async def restart() -> None:
+                moments["backlog"] = restart_at - trial.delivered("s1")
+                if trial.transport == "streams":
+                    moments["length_before"] = await probe_client.xlen(trial.target)
+                moments["down_ns"] = time.perf_counter_ns()
+                await server.restart()
+                moments["up_ns"] = time.perf_counter_ns()
+                if trial.transport == "streams":
+                    moments["length_after"] = await probe_client.xlen(trial.target)
+
+            await trial.produce(send, {restart_at: restart})
+            victim.kill(signal.SIGUSR1)  # catch up at full speed
+            await trial.settle(["s1"])
+        finally:
+            await probe_client.aclose()
+    counted = trial.counted("s1")
+    kept = "kept" if appendonly else "lost"
+    what = (
+        f"the stream (and its unread backlog) was {kept} across the restart"
+        if trial.transport == "streams"
+        else "Pub/Sub stores nothing: what sat in the subscriber's output buffer went"
+    )
+    return trial.result(
+        "s1",
+        f"{what}; {counted['lost']} lost.",
+        appendonly=appendonly,
+        backlog_at_restart=moments.get("backlog"),
+        down_s=round((moments["up_ns"] - moments["down_ns"]) / 1e9, 2),
+        stream_length_before=moments.get("length_before"),
+        stream_length_after=moments.get("length_after"),
+    )
+
+
+async def restart(trial: Trial) -> dict:
+    if trial.transport == "amqp":
+        return {
+            "shape": "fanout",
+            "sent": 0,
+            "delivered": 0,
+            "lost": 0,
+            "duplicated": 0,
+            "reordered": 0,
+            "measured": False,
+            "detail": "documented, not measured: RabbitMQ keeps durable queues and persistent "
+            "messages across a restart, and a publisher confirm means the message was "
+            "written to disk; unconfirmed messages may be lost",
+            "docs": list(RABBITMQ_DOCS),
+        }
+    twin = Trial(trial.fault, trial.transport, trial.shape, trial.size, trial.on_event)
+    try:
+        plain, aof = await asyncio.gather(restart_redis(trial, False), restart_redis(twin, True))
+    finally:
+        await twin.close()
+    aof_fields = ("sent", "delivered", "lost", "duplicated", "reordered", "detail")
+    return plain | {
+        "aof": {k: aof[k] for k in aof_fields}
+        | {k: aof[k] for k in ("backlog_at_restart", "stream_length_before", "stream_length_after")}
+    }
+
+
+async def slow(trial: Trial) -> dict:
+    """Subscriber s1 handles a tenth of the producer's rate, s2 keeps up; the broker's
+    memory for them is sampled; at the end s1 is sped up to drain what waits for it."""
+    work_ms = str(10_000 / trial.size.rate)
+    peak: dict[str, int] = {"backlog": 0, "memory": 0}
+    server = RedisServer() if trial.transport in ("redis", "streams") else None
+    queues = (unique("slow.amqp.s1"), unique("slow.amqp.s2")) if trial.transport == "amqp" else ()
+    async with contextlib.AsyncExitStack() as stack:
+        url = None
+        if server is not None:
+            await stack.enter_async_context(server)
+            url = server.url
+        send, wait_for = await stack.enter_async_context(producing(trial, url, queues))
+        env = {"REDIS_URL": url} if url else None
+        if trial.transport == "amqp":
+            victim = await trial.consumer("s1", "--work-ms", work_ms, target=queues[0])
+            await trial.consumer("s2", target=queues[1])
+        else:
+            victim = await trial.consumer("s1", "--work-ms", work_ms, env=env)
+            await trial.consumer("s2", env=env)
+        await wait_for(2)
+        memory = await stack.enter_async_context(sampler(trial, url, queues, peak))
+        await trial.produce(send, {})
+        backlog_end = trial.size.count - trial.delivered("s1")
+        memory.cancel()
+        victim.kill(signal.SIGUSR1)
+        await trial.settle(["s1", "s2"])
+    counted = trial.counted("s1")
+    what = {
+        "redis": "Redis held the slow subscriber's backlog in its output buffer",
+        "zmq": "the publisher never blocked; what exceeded the high-water marks was dropped",
+        "amqp": "the slow subscriber's queue grew in RabbitMQ; the producer went on",
+        "streams": "the stream held everything; the slow reader was just further behind",
+    }[trial.transport]
+    return trial.result(
+        "s1",
+        f"{what}: {counted['lost']} lost, the other subscriber lost {trial.counted('s2')['lost']}.",
+        slow_rate=trial.size.rate / 10,
+        backlog_at_end=backlog_end,
+        backlog_peak=peak["backlog"],
+        broker_memory_growth_bytes=peak["memory"] if trial.transport != "zmq" else None,
+        others_lost=trial.counted("s2")["lost"],
+        others_p99_ms=trial.p99_ms("s2"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def sampler(
+    trial: Trial, redis_url: str | None, queues: tuple[str, ...], peak: dict[str, int]
+) -> AsyncIterator[asyncio.Task]:
+    """Sample what the broker holds for the slow subscriber every 0.1 s into `peak`."""
+    redis = clients.redis(redis_url) if redis_url else None
+    connection = await clients.amqp() if queues else None
+    base = (await redis.info("memory"))["used_memory"] if redis is not None else 0
+
+    async def sample() -> None:
+        while True:
+            peak["backlog"] = max(peak["backlog"], len(trial.sent_ns) - trial.delivered("s1"))
+            if redis is not None:
+                used = (await redis.info("memory"))["used_memory"]
+                peak["memory"] = max(peak["memory"], used - base)
+            if connection is not None:
+                async with connection.channel() as channel:  # a fresh channel: a fresh count
+                    declared = await channel.declare_queue(queues[0], passive=True)
+                    waiting = declared.declaration_result.message_count
+                    peak["memory"] = max(peak["memory"], waiting * SIZE)  # bodies alone
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if redis is not None:
+            await redis.aclose()
+        if connection is not None:
+            await connection.close()
+
+
+RUNS: dict[str, Callable[[Trial], Awaitable[dict]]] = {
+    "sigkill": sigkill,
+    "cut": cut,
+    "restart": restart,
+    "slow": slow,
+}
+
+
+async def run_fault(fault: str, transport: str, quick: bool, on_event: OnEvent = log_event) -> dict:
+    """Inject `fault` into a run over `transport`; the ledger's count and what happened."""
+    if transport not in FAULTS.get(fault, ()):
+        raise ValueError(f"no fault {fault!r} on {transport!r}: see FAULTS")
+    trial = Trial(fault, transport, shape_of(fault, transport), size(fault, quick), on_event)
+    on_event("fault", fault=fault, transport=transport, shape=trial.shape)
+    started = time.perf_counter()
+    try:
+        result = await RUNS[fault](trial)
+    finally:
+        await trial.close()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    on_event("fault result", fault=fault, transport=transport, **result)
+    return result
+
+
+async def under_faults(quick: bool, on_event: OnEvent = log_event) -> dict:
+    """Every fault on every transport it runs on: {fault: {transport: result}}. The
+    transports of one fault run side by side (their faults are their own)."""
+    results: dict[str, dict[str, dict]] = {}
+    for fault, transports in FAULTS.items():
+        done = await processes.together(
+            *(run_fault(fault, transport, quick, on_event) for transport in transports)
+        )
+        results[fault] = dict(zip(transports, done, strict=True))
+    return results
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def parser() -> cli.Parser:
+    top = cli.Parser(prog="python -m patterns.compare.faults", description=__doc__.split("\n")[0])
+    roles = top.roles()
+    run = roles.add_parser("run", help="inject faults and print the results as JSON")
+    run.add_argument("--fault", choices=tuple(FAULTS), help="one fault (default: all)")
+    run.add_argument("--transport", choices=tuple(NAMES), help="one transport (with --fault)")
+    run.add_argument("--quick", action="store_true", help="the test suite's small run")
+    consumer = roles.add_parser("consume", help="a consumer that reports what it handles")
+    consumer.add_argument("--transport", choices=tuple(NAMES), required=True)
+    consumer.add_argument("--shape", choices=("fanout", "workqueue"), required=True)
+    consumer.add_argument("--name", required=True)
+    consumer.add_argument("--target", required=True, help="channel, stream, queue or endpoint")
+    consumer.add_argument("--group", default="workers", help="streams work queue: group")
+    consumer.add_argument("--after", default="$", help="streams fan-out: read after this id")
+    consumer.add_argument("--work-ms", type=float, default=0.0, help="blocking work per message")
+    consumer.add_argument("--hwm", type=int, default=HWM, help="zmq: high-water mark")
+    for role in (run, consumer):
+        cli.add_give_up(role)
+    return top
+
+
+async def run_main(options: argparse.Namespace) -> None:
+    if options.fault and options.transport:
+        result: dict = await run_fault(options.fault, options.transport, options.quick)
+    elif options.fault:
+        transports = FAULTS[options.fault]
+        done = [await run_fault(options.fault, t, options.quick) for t in transports]
+        result = {options.fault: dict(zip(transports, done, strict=True))}
+    else:
+        result = await under_faults(options.quick)
+    print(json.dumps(result, indent=1))
+
+
+def main() -> None:
+    top = parser()
+    options = top.parse_args()
+    if options.role == "run" and options.transport and not options.fault:
+        top.error("--transport needs --fault")
+    role = consume if options.role == "consume" else run_main
+    cli.run(role(options), options.role, options.give_up_after)
+
+
+if __name__ == "__main__":
+    main()
