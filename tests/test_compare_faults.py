@@ -36,7 +36,7 @@ def test_every_fault_runs_on_its_transports_and_says_what_happened(results: dict
     for fault, transports in faults.FAULTS.items():
         assert set(results[fault]) == set(transports)
         for transport, result in results[fault].items():
-            assert KEYS <= set(result), (fault, transport)
+            assert set(result) >= KEYS, (fault, transport)
             assert result["shape"] == faults.shape_of(fault, transport)
             assert isinstance(result["detail"], str) and result["detail"]
             if result["measured"]:
@@ -74,7 +74,9 @@ def test_a_restart_keeps_a_stream_only_with_its_append_only_file(results: dict) 
     streams = results["restart"]["streams"]
     assert streams["aof"]["lost"] == 0, streams
     assert streams["backlog_at_restart"] > 0
-    assert streams["lost"] >= streams["backlog_at_restart"] - EDGE, streams
+    # what the reader had not read yet was lost with the stream (it reads 10 at a time)
+    backlog = streams["backlog_at_restart"]
+    assert backlog - faults.RESTART_COUNT - EDGE <= streams["lost"] <= backlog + EDGE, streams
     assert results["restart"]["redis"]["lost"] > 0
     rabbit = results["restart"]["amqp"]
     assert rabbit["measured"] is False and rabbit["docs"]
