@@ -78,7 +78,7 @@ SIZE = 64  # bytes per message, every shape (a request/reply's JSON is about tha
 # The offered rates, the same for every transport of a shape (publishes, tasks or requests
 # per second): below the slowest one's closed-loop throughput here (AMQP's, a confirm per
 # message: a few hundred per second on a busy 2-core machine), which the notebook checks.
-RATES = {"fanout": (50, 100, 200), "workqueue": (50, 100, 200), "reqrep": (50, 100, 200)}
+RATES = {"fanout": (20, 50, 100), "workqueue": (20, 50, 100), "reqrep": (20, 50, 100)}
 IN_FLIGHT = bench_reqrep.IN_FLIGHT  # requests outstanding in request/reply's closed loop
 BATCH = 100  # probes handed to the producer at once in a closed loop
 IDLE_S = 5.0  # consumers that hear nothing this long stop: the rest was lost
@@ -625,7 +625,7 @@ async def pubsub_backlog(count: int) -> dict:
         "held": held,
         "growth_bytes": after - before,
         "output_buffer_bytes": buffered,
-        "where": "the subscriber's output buffer, in Redis",
+        "where": "the socket buffers, then the subscriber's output buffer in Redis",
     }
 
 
