@@ -86,6 +86,7 @@ CLAIM_IDLE_MS = 1_000  # a Streams group entry pending this long is taken over
 QUIET_S = 1.5  # no delivery for this long after the last send: the run is over
 CAP_S = 30.0  # at most this long to drain after the last send
 HWM = zmq_peers.HWM
+KILL_AT = 0.3  # of the run: when a consumer is killed
 RESTART_COUNT = 10  # Streams entries a reader takes at once in the restart run
 LOG_EVERY = 100  # a consumer logs every so many messages handled
 log = logging.getLogger("patterns.compare.faults")
@@ -108,7 +109,7 @@ class Size:
 def size(fault: str, quick: bool) -> Size:
     """How many probes, how fast: `quick` (or PATTERNS_SCALE=small) is the test suite's."""
     small = quick or config.SCALE == "small"
-    seconds = {"sigkill": (8, 2.5), "cut": (10, 5), "restart": (8, 3), "slow": (8, 2)}[fault]
+    seconds = {"sigkill": (8, 4), "cut": (10, 5), "restart": (8, 3), "slow": (8, 2)}[fault]
     return Size(rate=RATE, count=int(RATE * seconds[1 if small else 0]))
 
 
@@ -199,8 +200,9 @@ async def consume(options: argparse.Namespace) -> None:
             queue = await channel.declare_queue(target, durable=True)  # declared by the parent
             async with queue.iterator() as deliveries:
                 ready()
-                async for message in amqp_fanout.messages(deliveries):  # acked after handling
-                    handler.handle([message])
+                async for message in deliveries:
+                    handler.handle([message.body])
+                    await acked(message)
     else:
         context = zmq.asyncio.Context()
         try:
@@ -228,6 +230,17 @@ async def consume(options: argparse.Namespace) -> None:
                     handler.handle([await puller.recv()])
         finally:
             context.destroy(linger=0)
+
+
+async def acked(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    """Ack after handling; an ack its lost connection cannot carry is no error: the broker
+    delivers the message again (the ledger counts a duplicate). aiormq fails such an ack
+    with ChannelInvalidStateError, or with a bare Exception when the connection dropped
+    while the ack was being written."""
+    try:
+        await message.ack()
+    except Exception as error:
+        log.info("ack of a delivery lost with its connection: %r", error)
 
 
 async def group_consumer(redis: Any, stream: str, group: str, name: str, handler: Handler) -> None:
@@ -276,6 +289,8 @@ class Trial:
     message_size: int = SIZE
     children: list[processes.Child] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    faults: list[asyncio.Task] = field(default_factory=list)  # what the hooks started
+    failures: list[str] = field(default_factory=list)  # consumers that died of themselves
 
     def key(self, name: str) -> str:
         return "queue" if self.shape == "workqueue" else name
@@ -313,6 +328,11 @@ class Trial:
                 self.notes.append((report["t_ns"], name, report["what"]))
                 fields = {k: v for k, v in report.items() if k != "event"}
                 self.on_event("note", fault=self.fault, transport=self.transport, **fields)
+        returncode = await child.wait()
+        if returncode not in (0, -signal.SIGKILL):  # not stopped, not killed by the fault
+            why = (child.log(1) or "no log").strip()
+            self.failures.append(f"{name} exited with code {returncode}: {why}")
+            self.on_event("consumer failed", fault=self.fault, transport=self.transport, why=why)
 
     def delivered(self, name: str) -> int:
         return len(self.seen.get(self.key(name), ()))
@@ -329,7 +349,9 @@ class Trial:
             while due:
                 hook = next((k for k in sorted(hooks) if seq <= k < seq + len(due)), None)
                 if hook == seq:
-                    self.tasks.append(asyncio.create_task(hooks.pop(seq)()))
+                    fault = asyncio.create_task(hooks.pop(seq)())
+                    self.tasks.append(fault)
+                    self.faults.append(fault)
                     await asyncio.sleep(0)  # the fault begins before the next probe
                     continue
                 batch, due = (due[: hook - seq], due[hook - seq :]) if hook else (due, [])
@@ -353,11 +375,13 @@ class Trial:
         """Until every consumer in `names` has had every probe, or none came for `quiet_s`
         (counted only once `back()` says a consumer cut off is back), or `CAP_S` passed."""
         deadline = time.monotonic() + CAP_S
+        await asyncio.gather(*self.faults)  # a fault is over (a consumer back) before this
+        over_ns = time.perf_counter_ns()
         while time.monotonic() < deadline:
             if all(self.delivered(name) >= self.size.count for name in names):
                 await asyncio.sleep(0.2)  # late duplicates still count
                 return
-            quiet_ns = time.perf_counter_ns() - max(self.last_got_ns, self.sent_ns[-1])
+            quiet_ns = time.perf_counter_ns() - max(self.last_got_ns, self.sent_ns[-1], over_ns)
             if quiet_ns > quiet_s * 1e9 and (back is None or back()):
                 return
             await asyncio.sleep(0.05)
@@ -387,13 +411,16 @@ class Trial:
         return round(summary.p99_ns / 1e6, 2)
 
     def result(self, name: str, detail: str, **extra: Any) -> dict:
+        failed = {"consumer_failures": self.failures} if self.failures else {}
         return (
             {"shape": self.shape, **self.counted(name), "measured": True, "detail": detail}
             | {"producer_max_lag_ms": round(self.lag_ns / 1e6, 1)}
             | extra
+            | failed
         )
 
     async def close(self) -> None:
+        """Its consumers stopped, its tasks cancelled (again, harmlessly, if done already)."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*(child.stop() for child in self.children), return_exceptions=True)
@@ -442,6 +469,7 @@ async def producing(
 
             yield send, wait_for
         finally:
+            await trial.close()  # its consumers first: none may create anything again
             with contextlib.suppress(*clients.REDIS_LOST):
                 await redis.delete(trial.target)
             await redis.aclose()
@@ -492,11 +520,12 @@ async def producing(
         finally:
             for task in in_flight:
                 task.cancel()
-            with contextlib.suppress(Exception):
+            # its consumers first: a robust connection would declare a deleted queue again
+            await trial.close()
+            with contextlib.suppress(*clients.AMQP_LOST, RuntimeError):  # closed already
                 cleanup = await connection.channel()
-                for queue in (*queues, trial.target):
-                    with contextlib.suppress(Exception):
-                        await cleanup.queue_delete(queue)
+                for queue in queues if shape == "fanout" else (trial.target,):
+                    await cleanup.queue_delete(queue)
                 if shape == "fanout":
                     await cleanup.exchange_delete(trial.target)
             await connection.close()
@@ -545,52 +574,81 @@ async def producing(
 
 
 async def sigkill(trial: Trial) -> dict:
-    """Kill a consumer with SIGKILL at 40% of the run. Work queue: the other worker goes on.
-    Fan-out (Pub/Sub): the subscriber is started again 0.5 s later."""
-    kill_at = int(trial.size.count * 0.4)
-    moments: dict[str, int] = {}
+    """Kill a consumer with SIGKILL at 30% of the run. Work queue: the other worker goes on.
+    Fan-out: the subscriber is started again 0.5 s later, on the same queue (AMQP) or from
+    the last entry it handled (Streams). AMQP and Streams run both shapes side by side; the
+    fan-out result is then under "fanout"."""
+    if trial.shape == "fanout":
+        return await sigkill_subscriber(trial)
+    twin = Trial(trial.fault, trial.transport, "fanout", trial.size, trial.on_event)
+    try:
+        worker, subscriber = await asyncio.gather(sigkill_worker(trial), sigkill_subscriber(twin))
+    finally:
+        await twin.close()
+    return worker | {"fanout": subscriber}
+
+
+async def sigkill_worker(trial: Trial) -> dict:
+    kill_at = int(trial.size.count * KILL_AT)
     async with producing(trial) as (send, wait_for):
-        if trial.shape == "workqueue":
-            group = ["--group", "workers"] if trial.transport == "streams" else []
-            victim, _ = await asyncio.gather(
-                trial.consumer("w1", *group), trial.consumer("w2", *group)
-            )
-            await wait_for(2)
+        group = ["--group", "workers"] if trial.transport == "streams" else []
+        victim, _ = await asyncio.gather(trial.consumer("w1", *group), trial.consumer("w2", *group))
+        await wait_for(2)
 
-            async def kill() -> None:
-                moments["handled_before"] = trial.delivered("w1")
-                victim.kill()
+        async def kill() -> None:
+            victim.kill()
 
-            await trial.produce(send, {kill_at: kill})
-            await trial.settle(["w1"], QUIET_S + CLAIM_IDLE_MS / 1000)
-            counted = trial.counted("w1")
-            detail = {
-                "zmq": "PUSH had dealt messages to the killed worker's connection; "
-                "nothing redelivers them, so they are lost",
-                "amqp": "the broker redelivered the killed worker's unacknowledged "
-                "messages to the other worker: nothing lost",
-                "streams": "the other worker claimed the killed worker's pending entries "
-                "(XAUTOCLAIM) once idle: nothing lost",
-            }[trial.transport]
-            return trial.result("w1", f"{detail} ({counted['lost']} lost).", killed_at=kill_at)
-        victim, _ = await asyncio.gather(trial.consumer("s1"), trial.consumer("s2"))
+        await trial.produce(send, {kill_at: kill})
+        await trial.settle(["w1"], QUIET_S + CLAIM_IDLE_MS / 1000)
+    counted = trial.counted("w1")
+    detail = {
+        "zmq": "PUSH had dealt messages to the killed worker's connection; "
+        "nothing redelivers them, so they are lost",
+        "amqp": "the broker redelivered the killed worker's unacknowledged "
+        "messages to the other worker: nothing lost",
+        "streams": "the other worker claimed the killed worker's pending entries "
+        "(XAUTOCLAIM) once idle: nothing lost",
+    }[trial.transport]
+    return trial.result("w1", f"{detail} ({counted['lost']} lost).", killed_at=kill_at)
+
+
+async def sigkill_subscriber(trial: Trial) -> dict:
+    kill_at = int(trial.size.count * KILL_AT)
+    moments: dict[str, int] = {}
+    queues = (unique("sigkill.amqp.s1"), unique("sigkill.amqp.s2"))
+    queues = queues if trial.transport == "amqp" else ()
+    targets = queues or ("", "")
+    async with producing(trial, queues=queues) as (send, wait_for):
+        victim, _ = await asyncio.gather(
+            trial.consumer("s1", target=targets[0]), trial.consumer("s2", target=targets[1])
+        )
         await wait_for(2)
 
         async def kill_and_restart() -> None:
             victim.kill()
             moments["killed_ns"] = time.perf_counter_ns()
             await asyncio.sleep(0.5)
-            await trial.consumer("s1")
+            after = (
+                ["--after", trial.cursors.get("s1", "$")] if trial.transport == "streams" else []
+            )
+            await trial.consumer("s1", *after, target=targets[0])
             moments["back_ns"] = time.perf_counter_ns()
 
         await trial.produce(send, {kill_at: kill_and_restart})
         await trial.settle(["s1", "s2"])
     away = trial.published_between(moments["killed_ns"], moments["back_ns"])
     counted = trial.counted("s1")
+    what = {
+        "redis": "Pub/Sub keeps nothing for a subscriber that is gone",
+        "zmq": "the publisher keeps nothing for a subscriber that is gone",
+        "amqp": "its durable queue kept what came while it was gone, and gave again what it "
+        "had not acknowledged",
+        "streams": "it read on from the last entry it had handled",
+    }[trial.transport]
     return trial.result(
         "s1",
-        f"Pub/Sub keeps nothing for a subscriber that is gone: the restarted subscriber "
-        f"lost {counted['lost']}, {away} published while it was away.",
+        f"{what}: the restarted subscriber lost {counted['lost']}, {away} published "
+        "while it was away.",
         published_while_away=away,
         others_lost=trial.counted("s2")["lost"],
     )
@@ -755,9 +813,9 @@ async def slow(trial: Trial) -> dict:
         env = {"REDIS_URL": url} if url else None
         targets = queues or ("", "")
         short = ["--hwm", str(hwm), "--small-buffers"] if trial.transport == "zmq" else []
-        victim, _ = await asyncio.gather(
+        victim, _ = await asyncio.gather(  # only the slow one has short queues on its side
             trial.consumer("s1", "--work-ms", work_ms, *short, env=env, target=targets[0]),
-            trial.consumer("s2", *short, env=env, target=targets[1]),
+            trial.consumer("s2", env=env, target=targets[1]),
         )
         await wait_for(2)
         memory = await stack.enter_async_context(sampler(trial, url, queues, peak))
@@ -775,7 +833,8 @@ async def slow(trial: Trial) -> dict:
         "buffer for it stayed empty",
         "zmq": f"the publisher never blocked; past the high-water marks ({hwm} messages a "
         "side, here) the slow subscriber's messages were dropped",
-        "amqp": "the slow subscriber's queue grew in RabbitMQ; the producer went on",
+        "amqp": f"the slow subscriber's queue grew in RabbitMQ to {peak.get('queued', 0):,} "
+        f"messages, and the producer fell up to {trial.lag_ns / 1e9:.1f} s behind its schedule",
         "streams": "the stream held everything; the slow reader was just further behind",
     }[trial.transport]
     return trial.result(
