@@ -109,6 +109,8 @@ def _per_shape(values: dict[str, Any], unit: str = "", digits: int = 0) -> str:
 def guarantee(numbers: dict) -> str:
     kill, cut = numbers.get("sigkill", {}), numbers.get("cut", {})
     lost = {"a SIGKILL": kill.get("lost"), "a 2 s cut": cut.get("lost")}
+    if all(v is None for v in lost.values()):
+        return "not measured (no fault run)"
     if any(v for v in lost.values()):
         said = ", ".join(f"{v:,} after {k}" for k, v in lost.items() if v is not None)
         return f"at most once: lost {said}"
