@@ -36,10 +36,11 @@ import bisect
 import contextlib
 import json
 import logging
+import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -469,10 +470,14 @@ async def producing(
 
             yield send, wait_for
         finally:
-            await trial.close()  # its consumers first: none may create anything again
-            with contextlib.suppress(*clients.REDIS_LOST):
-                await redis.delete(trial.target)
-            await redis.aclose()
+
+            async def clean_up() -> None:
+                await trial.close()  # its consumers first: none may create anything again
+                with contextlib.suppress(*clients.REDIS_LOST):
+                    await redis.delete(trial.target)
+                await redis.aclose()
+
+            await completely(clean_up())
     elif transport == "amqp":
         trial.target = unique(f"{trial.fault}.amqp")
         connection = await clients.amqp()
@@ -520,15 +525,19 @@ async def producing(
         finally:
             for task in in_flight:
                 task.cancel()
-            # its consumers first: a robust connection would declare a deleted queue again
-            await trial.close()
-            with contextlib.suppress(*clients.AMQP_LOST, RuntimeError):  # closed already
-                cleanup = await connection.channel()
-                for queue in queues if shape == "fanout" else (trial.target,):
-                    await cleanup.queue_delete(queue)
-                if shape == "fanout":
-                    await cleanup.exchange_delete(trial.target)
-            await connection.close()
+
+            async def clean_up() -> None:
+                # its consumers first: a robust connection would declare a deleted queue again
+                await trial.close()
+                with contextlib.suppress(*clients.AMQP_LOST, RuntimeError):  # closed already
+                    channel = await connection.channel()
+                    for queue in queues if shape == "fanout" else (trial.target,):
+                        await channel.queue_delete(queue)
+                    if shape == "fanout":
+                        await channel.exchange_delete(trial.target)
+                await connection.close()
+
+            await completely(clean_up())
     else:
         context = zmq.asyncio.Context()
         try:
@@ -567,7 +576,39 @@ async def producing(
 
             yield send, wait_for
         finally:
+            await completely(trial.close())  # its consumers first, as for the brokers
             context.destroy(linger=0)
+
+
+async def completely(clean_up: Coroutine[Any, Any, None]) -> None:
+    """Run a clean-up to its end even if this task is cancelled meanwhile (a `finally` that
+    is cancelled halfway would leave a queue or a server behind), then let the
+    cancellation go on."""
+    task = asyncio.ensure_future(clean_up)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+@contextlib.asynccontextmanager
+async def private_redis(appendonly: bool) -> AsyncIterator[RedisServer]:
+    """A RedisServer stopped and its files removed however the run ends, even when it is
+    cancelled while the server is still starting (`async with RedisServer()` would not
+    stop a server whose start was interrupted)."""
+    server = RedisServer(appendonly)
+    try:
+        await server.start()
+        yield server
+    finally:
+
+        async def clean_up() -> None:
+            await server.stop()
+            if server.workdir:
+                shutil.rmtree(server.workdir, ignore_errors=True)
+
+        await completely(clean_up())
 
 
 # ---- the faults ---------------------------------------------------------------------------
@@ -584,7 +625,7 @@ async def sigkill(trial: Trial) -> dict:
     try:
         worker, subscriber = await asyncio.gather(sigkill_worker(trial), sigkill_subscriber(twin))
     finally:
-        await twin.close()
+        await completely(twin.close())
     return worker | {"fanout": subscriber}
 
 
@@ -721,7 +762,7 @@ async def restart_redis(trial: Trial, appendonly: bool) -> dict:
     producer's rate, so the broker holds a backlog for it then."""
     restart_at = trial.size.count // 2
     moments: dict[str, Any] = {}
-    async with RedisServer(appendonly) as server, producing(trial, server.url) as (send, wait):
+    async with private_redis(appendonly) as server, producing(trial, server.url) as (send, wait):
         env = {"REDIS_URL": server.url}
         # a few entries a read, so the backlog waits in Redis, not in the reader's hands
         args = ["--count", str(RESTART_COUNT)] if trial.transport == "streams" else []
@@ -791,7 +832,7 @@ async def restart(trial: Trial) -> dict:
     try:
         plain, aof = await asyncio.gather(restart_redis(trial, False), restart_redis(twin, True))
     finally:
-        await twin.close()
+        await completely(twin.close())
     return plain | {"aof": {k: v for k, v in aof.items() if k not in AOF_LEFT_OUT}}
 
 
@@ -802,13 +843,11 @@ async def slow(trial: Trial) -> dict:
     trial.message_size = SLOW_SIZE
     hwm = SLOW_HWM if trial.transport == "zmq" else HWM
     peak: dict[str, int] = {"backlog": 0, "memory": 0}
-    server = RedisServer() if trial.transport in ("redis", "streams") else None
     queues = (unique("slow.amqp.s1"), unique("slow.amqp.s2")) if trial.transport == "amqp" else ()
     async with contextlib.AsyncExitStack() as stack:
         url = None
-        if server is not None:
-            await stack.enter_async_context(server)
-            url = server.url
+        if trial.transport in ("redis", "streams"):  # its memory is this run's alone
+            url = (await stack.enter_async_context(private_redis(False))).url
         send, wait_for = await stack.enter_async_context(producing(trial, url, queues, hwm))
         env = {"REDIS_URL": url} if url else None
         targets = queues or ("", "")
@@ -911,7 +950,7 @@ async def run_fault(fault: str, transport: str, quick: bool, on_event: OnEvent =
     try:
         result = await RUNS[fault](trial)
     finally:
-        await trial.close()
+        await completely(trial.close())
     result["seconds"] = round(time.perf_counter() - started, 1)
     on_event("fault result", fault=fault, transport=transport, **result)
     return result
