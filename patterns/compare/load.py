@@ -42,7 +42,6 @@ import zmq.asyncio
 from pamqp.commands import Basic
 
 from patterns import cli, clients, config, processes
-from patterns.bench import reqrep as bench_reqrep
 from patterns.compare import workqueue
 from patterns.events import OnEvent, log_event
 from patterns.measure import (
@@ -78,8 +77,9 @@ SIZE = 64  # bytes per message, every shape (a request/reply's JSON is about tha
 # The offered rates, the same for every transport of a shape (publishes, tasks or requests
 # per second): below the slowest one's closed-loop throughput here (AMQP's, a confirm per
 # message: a few hundred per second on a busy 2-core machine), which the notebook checks.
-RATES = {"fanout": (20, 50, 100), "workqueue": (20, 50, 100), "reqrep": (20, 50, 100)}
-IN_FLIGHT = bench_reqrep.IN_FLIGHT  # requests outstanding in request/reply's closed loop
+RATES = {"fanout": (20, 50, 100), "workqueue": (20, 50, 100), "reqrep": (10, 20, 50)}
+IN_FLIGHT = 50  # requests outstanding in request/reply's closed loop
+PATIENCE_S = 30.0  # a request of the closed loop waits this long for its reply
 BATCH = 100  # probes handed to the producer at once in a closed loop
 IDLE_S = 5.0  # consumers that hear nothing this long stop: the rest was lost
 
@@ -458,7 +458,7 @@ def child_cpu(pids: list[int]) -> float:
 
 async def reqrep_closed_loop(transport: str, where: str, pids: list[int], seconds: float) -> dict:
     """Requests/s with `IN_FLIGHT` outstanding, the requester in this process."""
-    async with connect(transport, where) as requester:
+    async with connect(transport, where, timeout=PATIENCE_S) as requester:
         await requester.request(reqrep_load.REQUEST, timeout=processes.READY_TIMEOUT_S)
         cpu = await broker_cpu(transport)
         ours_before, cpu_before = child_cpu(pids), time.process_time()
