@@ -825,7 +825,8 @@ async def restart(trial: Trial) -> dict:
             "measured": False,
             "detail": "documented, not measured: RabbitMQ keeps durable queues and persistent "
             "messages across a restart, and a publisher confirm means the message was "
-            "written to disk; unconfirmed messages may be lost",
+            "written to disk; unconfirmed messages may be lost (a private node took about "
+            "12 s to start on this machine, and a restart needs two starts)",
             "docs": list(RABBITMQ_DOCS),
         }
     twin = Trial(trial.fault, trial.transport, trial.shape, trial.size, trial.on_event)
