@@ -168,7 +168,10 @@ async def consume(options: argparse.Namespace) -> None:
     # not the event loop's signal handling: a consumer whose messages are already buffered
     # never gives its loop a turn, and would not hear it until its backlog was drained
     signal.signal(signal.SIGUSR1, lambda *_: handler.fast())
-    ready = lambda: processes.report("ready", name=options.name)  # noqa: E731
+
+    def ready() -> None:  # with the moment, on the clock every process here shares
+        processes.report("ready", name=options.name, t_ns=time.perf_counter_ns())
+
     target, transport = options.target, options.transport
     log.info("%s: %s %s consumer of %s", options.name, transport, options.shape, target)
     if transport == "redis":
@@ -672,8 +675,8 @@ async def sigkill_subscriber(trial: Trial) -> dict:
             after = (
                 ["--after", trial.cursors.get("s1", "$")] if trial.transport == "streams" else []
             )
-            await trial.consumer("s1", *after, target=targets[0])
-            moments["back_ns"] = time.perf_counter_ns()
+            restarted = await trial.consumer("s1", *after, target=targets[0])
+            moments["back_ns"] = restarted.ready["t_ns"]  # when it said it was subscribed
 
         await trial.produce(send, {kill_at: kill_and_restart})
         await trial.settle(["s1", "s2"])
