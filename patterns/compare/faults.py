@@ -7,19 +7,30 @@ Four faults, each injected while a producer in this process sends numbered probe
 (`patterns.measure.probe`) at a fixed rate, open loop, to consumers that are child
 processes (`python -m patterns.compare.faults consume ...`), so a fault can be real:
 
-* **sigkill**: a consumer killed with SIGKILL mid-run. Work-queue shape (one producer, two
-  workers) for ZeroMQ PUSH/PULL, AMQP competing consumers and a Redis Streams consumer
-  group; fan-out shape for Redis Pub/Sub, which has no work queue (the subscriber is
-  started again half a second later);
+* **sigkill**: a consumer killed with SIGKILL at 30% of the run. Work-queue shape (one
+  producer, two workers) for ZeroMQ PUSH/PULL, AMQP competing consumers and a Redis
+  Streams consumer group (the survivor claims what the dead one left pending); beside each,
+  under "fanout", a subscriber killed and started again 0.5 s later (ZeroMQ PUB/SUB; AMQP on
+  its durable queue; Streams from the last entry it handled); Redis Pub/Sub, which has no
+  work queue, in the fan-out shape only;
 * **cut**: a subscriber's connection cut for 2 s by `patterns.faults.Proxy`, then
   restored (fan-out: one subscriber through the proxy, one direct);
 * **restart**: a private `redis-server` (`patterns.faults.RedisServer`) restarted mid-run,
-  without and with its append-only file, while a subscriber reading at half the
-  producer's rate holds a backlog; RabbitMQ: what its documentation promises (a private
-  node is not started: it would take much of the notebook's time budget);
-* **slow**: a subscriber 10x slower than the producer, next to one at full speed: what the
-  broker holds for it (memory, queue depth), whether the producer is held back, whether
-  the other subscriber notices; then the slow one is sped up (SIGUSR1) to drain.
+  without (the result) and with (its "aof") the append-only file, while a subscriber
+  reading at half the producer's rate holds a backlog; RabbitMQ: what its documentation
+  promises, marked "documented, not measured" (a private node took about 12 s to start on
+  this machine, and a restart needs two starts: more than the notebook's time budget);
+* **slow**: a subscriber 10x slower than the producer (1 KB messages), next to one at full
+  speed: what the broker holds for it (a private Redis's memory and the subscriber's
+  output buffer, the AMQP queue's depth), whether the producer falls behind, whether the
+  other subscriber notices; ZeroMQ with short queues (a high-water mark of 100 and the
+  least kernel buffers on the slow side), so its drops show; then the slow one is sped up
+  (SIGUSR1) to drain what waits for it.
+
+The transports of one fault run side by side (each fault has its own channel, queues and
+processes), at 250 probes/s each: a 2-core machine must stay idle enough that the fault
+is the only trouble. Every run deletes what it created (queues, exchange, stream, private
+server), even when cancelled.
 
 A consumer reports each message it handled to this process *before* it acknowledges it
 (at least once: a consumer killed between the two has its message delivered again, and
