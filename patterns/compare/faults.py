@@ -94,6 +94,7 @@ CONFIRMS = 1_000  # AMQP publishes awaiting their confirm at once: more than a s
 # hold the producer back in the middle of a fault
 PREFETCH = 50  # AMQP unacked deliveries per consumer; Streams entries per read
 MAXLEN = 100_000  # Streams: entries a stream keeps, more than any run sends
+RUN_LIMIT_S = 120.0  # a fault run longer than its probes' schedule plus this has hung
 CLAIM_IDLE_MS = 1_000  # a Streams group entry pending this long is taken over
 QUIET_S = 1.5  # no delivery for this long after the last send: the run is over
 CAP_S = 30.0  # at most this long to drain after the last send
@@ -719,6 +720,8 @@ async def cut(trial: Trial) -> dict:
             proxy = Proxy(trial.target)
         else:
             proxy = Proxy(config.AMQP_URL if trial.transport == "amqp" else config.REDIS_URL)
+        proxy.port = processes.free_port()  # below the ephemeral range: no outgoing
+        # connection can take it while the proxy is cut and its port unbound
         async with proxy:
             env = {"AMQP_URL" if trial.transport == "amqp" else "REDIS_URL": proxy.url}
             targets = queues or ("", "")
@@ -962,8 +965,15 @@ async def run_fault(fault: str, transport: str, quick: bool, on_event: OnEvent =
     trial = Trial(fault, transport, shape_of(fault, transport), size(fault, quick), on_event)
     on_event("fault", fault=fault, transport=transport, shape=trial.shape)
     started = time.perf_counter()
+    limit_s = trial.size.seconds + RUN_LIMIT_S
     try:
-        result = await RUNS[fault](trial)
+        async with asyncio.timeout(limit_s):
+            result = await RUNS[fault](trial)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the {fault} run on {NAMES[transport]} did not finish within {limit_s:g} s "
+            "(a broker that stopped answering?)"
+        ) from None
     finally:
         await completely(trial.close())
     result["seconds"] = round(time.perf_counter() - started, 1)
