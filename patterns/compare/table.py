@@ -231,8 +231,8 @@ def choose_when(table: dict[str, dict]) -> list[str]:
             bad.append("messages must outlive a process")
         elif restart.get("measured") and restart.get("lost"):
             bad.append(
-                f"messages must survive a broker restart without AOF "
-                f"(lost {restart['lost']:,}; {restart.get('lost_with_aof', 0):,} with AOF)"
+                f"messages must survive a broker restart (lost {restart['lost']:,} "
+                f"without AOF, {restart.get('lost_with_aof', 0):,} with it)"
                 if restart.get("lost_with_aof") is not None
                 else f"messages must survive a broker restart (lost {restart['lost']:,})"
             )
@@ -261,6 +261,10 @@ def choose_when(table: dict[str, dict]) -> list[str]:
                 )
         if len(n["throughput"]) == 1:
             bad.append("you need a work queue or request/reply (it only fans out)")
-        text = f"**{n['name']}** when " + "; ".join(good or ["(nothing stood out here)"])
-        advice.append(text + (". Not when " + "; ".join(bad) + "." if bad else "."))
+        text = (
+            f"**{n['name']}** when " + "; ".join(good) + "."
+            if good
+            else f"**{n['name']}**: nothing stood out in this run's figures."
+        )
+        advice.append(text + (" Not when " + "; ".join(bad) + "." if bad else ""))
     return advice
