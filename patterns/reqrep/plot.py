@@ -26,7 +26,9 @@ class LoadPlot(LiveFigure):
         fig.suptitle(title)
         self.rate_axes, self.time_axes, self.knee_axes = axes
         self.rate_axes.set(
-            xlabel="seconds into the run", ylabel="replies/s (log; dashed: offered)", yscale="log"
+            xlabel="seconds into the run",
+            ylabel="replies/s, log (dashed: offered; 1: none)",
+            yscale="log",
         )
         self.time_axes.set(xlabel="seconds into the run", ylabel="round trip, ms (log)")
         self.knee_axes.set(xlabel="offered requests/s (log)", ylabel="round trip, ms (log)")
@@ -54,7 +56,7 @@ class LoadPlot(LiveFigure):
     def draw(self) -> None:
         for series, windows in self.windows.items():
             t = [w["t"] for w in windows]
-            rates = [max(w["rate"], 1) for w in windows]  # a window with none: 1, on a log scale
+            rates = [max(w["rate"], 1) for w in windows]  # a window with none: 1 on a log scale
             self._line(self.rate_axes, series, "rate", "-").set_data(t, rates)
             offered = [w["offered"] for w in windows]
             self._line(self.rate_axes, series, "offered", "--").set_data(t, offered)
