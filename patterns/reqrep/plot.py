@@ -1,10 +1,11 @@
 """The live figure of an open-loop run: throughput, latency over time, and the knee.
 
-Left, the replies per second against the offered rate (dashed): they track it until the
-system cannot keep up. Middle, each quarter second's p50 / p99 / p99.9 round trip. Right,
-one point per offered rate (p50, p99, p99.9 of the whole step): latency stays flat while
-there is spare capacity, then climbs steeply at the knee. One colour per transport, one
-line style per percentile.
+Left, the replies per second against the offered rate (dashed), both on a log scale so
+that a collapse to a few hundred replies per second shows as plainly as the climb: they
+track it until the system cannot keep up. Middle, each quarter second's p50 / p99 / p99.9
+round trip. Right, one point per offered rate (p50, p99, p99.9 of the whole step): latency
+stays flat while there is spare capacity, then climbs steeply at the knee. One colour per
+transport, one line style per percentile.
 """
 
 from typing import Any
@@ -24,7 +25,11 @@ class LoadPlot(LiveFigure):
         super().__init__(fig)
         fig.suptitle(title)
         self.rate_axes, self.time_axes, self.knee_axes = axes
-        self.rate_axes.set(xlabel="seconds into the run", ylabel="replies/s (dashed: offered)")
+        self.rate_axes.set(
+            xlabel="seconds into the run",
+            ylabel="replies/s, log (dashed: offered; 1: none)",
+            yscale="log",
+        )
         self.time_axes.set(xlabel="seconds into the run", ylabel="round trip, ms (log)")
         self.knee_axes.set(xlabel="offered requests/s (log)", ylabel="round trip, ms (log)")
         self.time_axes.set_yscale("log")
@@ -51,7 +56,7 @@ class LoadPlot(LiveFigure):
     def draw(self) -> None:
         for series, windows in self.windows.items():
             t = [w["t"] for w in windows]
-            rates = [w["rate"] for w in windows]
+            rates = [max(w["rate"], 1) for w in windows]  # a window with none: 1 on a log scale
             self._line(self.rate_axes, series, "rate", "-").set_data(t, rates)
             offered = [w["offered"] for w in windows]
             self._line(self.rate_axes, series, "offered", "--").set_data(t, offered)

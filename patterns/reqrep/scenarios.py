@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -93,7 +94,8 @@ async def replier_dies(transport: str, address: str | None = None) -> dict:
     Redis they stay pending in the group until the other replier claims them (here after
     they have been idle for 1 s). Either way every request is answered. A request that
     the dead replier had answered but not yet acknowledged is answered a second time:
-    its requester drops the second reply as late. Delivery is at least once.
+    its requester drops the second reply as late. Delivery is at least once. The time
+    from the kill until every request is answered says how soon the survivor took over.
     """
     address = address or default(transport)
     options = ("--claim-after", "1") if transport == "redis" else ()
@@ -108,11 +110,18 @@ async def replier_dies(transport: str, address: str | None = None) -> dict:
             await asker.request({"a": 0, "b": 0})  # the twenty have been handed out
             doomed = await holder(transport, address, started)
             doomed.kill()
+            killed = time.monotonic()
             results = await outcomes(twenty)
+            all_answered_s = time.monotonic() - killed
             late = asker.counts.late
     survivor = next(child for child in started if child is not doomed)
     report = await survivor.next_report("result")
-    return {"results": results, "late": late, "survivor": report}
+    return {
+        "results": results,
+        "late": late,
+        "survivor": report,
+        "all answered after kill s": round(all_answered_s, 2),
+    }
 
 
 async def holder(transport: str, address: str, started: list[processes.Child]) -> processes.Child:
@@ -153,7 +162,9 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
                 await sent(first, 5)
                 await first.request({"a": 0, "b": 0})  # the five are with the replier
                 await proxy.cut()
+                cut = time.monotonic()
                 old_saw = await outcomes(five)
+                failed_after_s = time.monotonic() - cut
                 reply_to = first.reply_to  # type: ignore[attr-defined]
         async with connect(transport, address, timeout=10) as second:
             # answered after the five replies were sent, wherever they went
@@ -170,6 +181,7 @@ async def requester_restarts(transport: str, address: str | None = None) -> dict
         "returned to the replier": report["undeliverable"],
         "waiting in the old list": waiting,
         "list expires in ms": ttl_ms,
+        "old requester failed after s": round(failed_after_s, 2),
     }
 
 
