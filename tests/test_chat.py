@@ -176,6 +176,7 @@ async def test_an_amqp_instance_reconnects_and_tells_its_clients_what_they_misse
                 "_srv_" + str(cut.ready["port"])
             )
             await here.send("after")
+            await here.wait_for(3)  # routed to every queue: two publishers are not ordered
             await away.send("from the one that was away")
             assert await away.wait_for(4) == [
                 "before",
