@@ -63,7 +63,8 @@ async def connect(
     fast: bool = False,
 ) -> AsyncIterator[Requester]:
     """A requester over `transport`; `address` is where its replier listens: the ZeroMQ
-    endpoint, the AMQP requests queue or the Redis requests stream (the defaults if None);
+    endpoint (or several, comma-separated: the requests are dealt round-robin), the AMQP
+    requests queue or the Redis requests stream (the defaults if None);
     `url` is the broker's (default: AMQP_URL or REDIS_URL), and `patience` how long it
     waits for a broker that does not answer (default: `config.GIVE_UP_AFTER_S`); `fast`
     asks for the tuned variant (one of `FAST`)."""
@@ -77,7 +78,10 @@ async def connect(
         from patterns.reqrep import zeromq, zeromq_fast
 
         module = zeromq_fast if fast else zeromq
-        context = module.requester(address or zeromq.DEFAULT_ENDPOINT, timeout)
+        endpoints = (address or zeromq.DEFAULT_ENDPOINT).split(",")
+        if fast and len(endpoints) > 1:
+            raise ValueError("the tuned ZeroMQ requester connects to one endpoint, not several")
+        context = module.requester(endpoints if len(endpoints) > 1 else endpoints[0], timeout)
     elif transport in ("amqp", "amqp-direct"):
         from patterns.reqrep import amqp
 

@@ -98,7 +98,9 @@ def parser() -> cli.Parser:
     for role in (requester, load_role):
         role.add_argument("--transport", choices=TRANSPORTS, default="pipe")
         role.add_argument(
-            "--to", help="the replier's endpoint, queue or stream (default: the book's)"
+            "--to",
+            help="the replier's endpoint (zmq: or several, comma-separated), queue or stream "
+            "(default: the book's)",
         )
         role.add_argument(
             "--timeout", type=cli.positive, default=DEFAULT_TIMEOUT_S, help="per request, s"

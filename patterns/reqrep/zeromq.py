@@ -11,14 +11,19 @@ correlation identifier, in the book's JSON envelope, one frame per message.
     async with zeromq.requester("tcp://127.0.0.1:5030") as requester:
         print(await requester.request({"a": 1, "b": 2}))      # {'sum': 3}
 
+    # several repliers: the DEALER deals the requests round-robin to those connected
+    async with zeromq.requester(["tcp://127.0.0.1:5030", "tcp://127.0.0.1:5031"]) as requester:
+        ...
+
 What it guarantees, and how it fails:
 
 * the requester reads replies in a task of its own and settles each as it comes, so any
   number of requests wait at once, in any order;
 * ZeroMQ hides connections and reconnects by itself, so the requester watches them with
-  a socket monitor: when the replier goes away (its process dies, or it answers no
+  a socket monitor: when a replier goes away (its process dies, or it answers no
   heartbeat for 3 s), every pending request fails at once with `ChannelClosed`, after
-  the replies it sent before it left have been read;
+  the replies it sent before it left have been read (a DEALER does not say which replier
+  it dealt a request to, so with several, the others' pending requests fail too);
 * with no replier connected, a request waits for one until its timeout, queued nowhere:
   one that timed out is never sent;
 * the replier answers every frame: the sum, or an error reply for one it cannot read or
@@ -28,7 +33,7 @@ What it guarantees, and how it fails:
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import zmq
@@ -48,9 +53,9 @@ HEARTBEAT_MS = 1_000  # a replier that answers no heartbeat for 3 of these is go
 class ZmqRequester(Requester):
     transport = "zmq"
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, endpoint: str | Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(timeout)
-        self.endpoint = endpoint
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self._socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._socket.linger = 0
         self._socket.heartbeat_ivl = HEARTBEAT_MS
@@ -59,11 +64,15 @@ class ZmqRequester(Requester):
         # anyway, and a receive queue at its limit with heartbeats on trips an assertion in
         # libzmq (stream_engine_base.cpp, "_input_stopped"), which aborts the process
         self._socket.rcvhwm = 0
+        # deal requests only to repliers connected now, not to an endpoint still connecting
+        # (one that died would otherwise be dealt every other request, until their timeout)
+        self._socket.immediate = True
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
-        self._connected = asyncio.Event()
-        self._socket.connect(endpoint)
+        self._connected = asyncio.Event()  # to at least one replier
+        for each in self.endpoints:
+            self._socket.connect(each)
         self._reading = asyncio.create_task(self._read_replies())
         self._watching = asyncio.create_task(self._watch())
 
@@ -90,18 +99,23 @@ class ZmqRequester(Requester):
         self._settle(request_id, data, error)
 
     async def _watch(self) -> None:
+        repliers: set[str] = set()  # the endpoints connected now
         while True:
-            event = (await recv_monitor_message(self._monitor))["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            event = await recv_monitor_message(self._monitor)
+            endpoint = event["endpoint"].decode()
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                repliers.add(endpoint)
                 self._connected.set()
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._connected.clear()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                repliers.discard(endpoint)
+                if not repliers:
+                    self._connected.clear()
                 # the replies it sent before it left may wait in the socket: settle them first
                 self._reading.cancel()
                 await asyncio.wait([self._reading])
                 while self._socket.get(zmq.EVENTS) & zmq.POLLIN:
                     self._receive(await self._socket.recv())
-                self._fail_pending(f"the replier at {self.endpoint} disconnected")
+                self._fail_pending(f"the replier at {endpoint} disconnected")
                 # ZeroMQ reconnects by itself: later requests may be answered again
                 self._reading = asyncio.create_task(self._read_replies())
 
@@ -118,9 +132,9 @@ class ZmqRequester(Requester):
 
 @contextlib.asynccontextmanager
 async def requester(
-    endpoint: str = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S
+    endpoint: str | Sequence[str] = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT_S
 ) -> AsyncIterator[ZmqRequester]:
-    """A DEALER connected to the ROUTER at `endpoint`."""
+    """A DEALER connected to the ROUTER at `endpoint`, or to each of several."""
     zmq_requester = ZmqRequester(endpoint, timeout)
     try:
         yield zmq_requester
