@@ -341,6 +341,23 @@ async def test_when_the_zmq_replier_dies_pending_requests_fail_at_once_and_a_new
         assert await connected.request({"a": 2, "b": 2}) == {"sum": 4}
 
 
+async def test_a_zmq_requester_with_two_repliers_goes_on_with_one_when_the_other_dies() -> None:
+    async with (
+        serving("zmq") as (first, started),
+        serving("zmq") as (second, _),
+        connect("zmq", f"{first},{second}", timeout=5) as connected,
+    ):
+        assert await asyncio.gather(*(connected.request({"a": n, "b": 0}) for n in range(20))) == [
+            {"sum": n} for n in range(20)
+        ]
+        started[0].kill()
+        await asyncio.sleep(0.5)  # its disconnection seen
+        # none dealt to the dead one's endpoint while ZeroMQ tries to reconnect to it
+        assert await asyncio.gather(*(connected.request({"a": n, "b": 1}) for n in range(20))) == [
+            {"sum": n + 1} for n in range(20)
+        ]
+
+
 async def test_zmq_replier_answers_a_broken_frame_with_an_error_and_goes_on() -> None:
     async with serving("zmq") as (endpoint, _):
         context = zmq.asyncio.Context()
