@@ -1,5 +1,6 @@
-"""Faults on demand: a TCP proxy between clients and a broker that can be cut, and a Redis
-server of our own that can be restarted, with or without its data.
+"""Faults on demand: a TCP proxy between clients and a broker that can be cut, a Redis
+server of our own that can be restarted, with or without its data, and a RabbitMQ node of
+our own that can be crashed and started again.
 
     async with Proxy(config.REDIS_URL) as proxy:
         worker = await processes.start(..., env={"REDIS_URL": proxy.url})
@@ -15,9 +16,15 @@ deliveries) is dropped exactly as it would be for a crashed client or a restarte
 
 import asyncio
 import contextlib
+import os
+import pwd
 import shutil
+import signal
 import socket
 import tempfile
+import time
+import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from patterns.processes import free_port
@@ -155,6 +162,17 @@ class RedisServer:
         if self._drain is not None:
             self._drain.cancel()
 
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would: Redis writes nothing more, and a child it forked (an
+        append-only file being rewritten) dies with it."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: start_new_session
+            await process.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+
     async def restart(self, down_s: float = 0.0) -> None:
         await self.stop()
         await asyncio.sleep(down_s)
@@ -167,3 +185,142 @@ class RedisServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class RabbitNode:
+    """A RabbitMQ node of our own on free loopback ports, to crash and start again: what must
+    not be done to the shared one.
+
+        node = RabbitNode()
+        await node.start()            # AMQP_URL=node.url for the processes that should use it
+        await node.kill()             # SIGKILL: a crash, nothing flushed
+        await node.start()            # the same node, data directory and port
+        await node.stop()             # SIGTERM, then its files are removed
+
+    It runs the `rabbitmq-server` this machine has, with a data directory, a config file and
+    no plugins of its own; as root, the packaged script runs it as the `rabbitmq` user, who
+    gets the directory. Where a node cannot start here (not installed, not root nor that
+    user), `start` raises `RuntimeError` saying why, with the end of the node's log.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dist_port = free_port()  # Erlang distribution, bound to loopback too
+        self.name = f"patterns-{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.workdir = ""
+        self._process: asyncio.subprocess.Process | None = None
+
+    def _environment(self) -> dict[str, str]:
+        here = self.workdir
+        return os.environ | {
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": f"{here}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{here}/log",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{here}/enabled_plugins",
+            "RABBITMQ_CONFIG_FILE": f"{here}/rabbitmq",  # .conf is added
+            "RABBITMQ_PID_FILE": f"{here}/pid",
+        }
+
+    def _prepare(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="patterns-rabbitmq-")
+        here = Path(self.workdir)
+        (here / "mnesia").mkdir()
+        (here / "log").mkdir()
+        (here / "enabled_plugins").write_text("[].\n")
+        (here / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        if os.getuid() == 0:  # the packaged script runs the node as rabbitmq
+            user = pwd.getpwnam("rabbitmq")
+            for path in [here, *here.rglob("*")]:
+                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def log(self, lines: int = 5) -> str:
+        """The end of the node's output: why it did not start."""
+        try:
+            text = (Path(self.workdir) / "log" / "output").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    async def start(self, timeout: float = 60.0) -> float:
+        """Start the node and wait until it accepts AMQP connections; the seconds it took."""
+        if shutil.which("rabbitmq-server") is None:
+            raise RuntimeError("rabbitmq-server is not installed on this machine")
+        if not self.workdir:
+            self._prepare()
+        (Path(self.workdir) / "pid").unlink(missing_ok=True)
+        started = time.perf_counter()
+        with open(Path(self.workdir) / "log" / "output", "ab") as output:  # noqa: ASYNC230 (a local file, opened once)
+            self._process = process = await asyncio.create_subprocess_exec(
+                "rabbitmq-server",
+                env=self._environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if process.returncode is not None:
+                        raise RuntimeError(
+                            f"the RabbitMQ node exited before it was ready: {self.log()}"
+                        )
+                    try:
+                        _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    except OSError:
+                        await asyncio.sleep(0.1)
+                        continue
+                    writer.close()
+                    return time.perf_counter() - started
+        except TimeoutError:
+            await self.kill()
+            raise RuntimeError(
+                f"the RabbitMQ node did not accept connections within {timeout:g} s"
+            ) from None
+
+    def _pid(self) -> int | None:
+        try:
+            return int((Path(self.workdir) / "pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    async def kill(self, how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the node (SIGKILL: a crash) and wait until it has gone."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        pid = self._pid()  # the Erlang VM's; the script started it as another user
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, how) if pid else os.killpg(process.pid, how)
+        try:
+            async with asyncio.timeout(30):
+                await process.wait()
+                while pid and _alive(pid):  # noqa: ASYNC110 (another user's process: no event to wait on)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, as an operator's stop would; then its files are removed."""
+        try:
+            await self.kill(signal.SIGTERM)
+        finally:
+            if self.workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and another user's
+        return True
+    return True
