@@ -62,6 +62,18 @@ def test_the_broker_holds_a_backlog_of_unread_messages(loaded: dict) -> None:
     assert backlog["zmq"]["growth_bytes"] is None
 
 
+def test_only_a_stream_keeps_messages_for_a_reader_that_comes_late(loaded: dict) -> None:
+    read = loaded["load"]["replay"]
+    assert all(read[t]["first_reader"] == read[t]["sent"] > 0 for t in read), read
+    assert read["streams"]["late_reader"] == read["streams"]["sent"], read
+    assert read["redis"]["late_reader"] == read["zmq"]["late_reader"] == 0, read
+    assert read["amqp"]["late_reader"] == 0, read  # a queue bound after the messages
+    assert read["amqp"]["stream_queue_late_reader"] == read["amqp"]["sent"], read
+    rows = {row["transport"]: row for row in loaded["rows"]}
+    assert rows["Redis Streams"]["replay/history"].startswith("yes: "), rows
+    assert rows["Redis Pub/Sub"]["replay/history"].startswith("none: "), rows
+
+
 def test_the_table_is_computed_from_the_results(loaded: dict) -> None:
     figures = loaded["table"]
     assert set(figures) == set(table.ROWS)
@@ -109,6 +121,11 @@ def test_the_rules_turn_fault_counts_into_guarantees(loaded: dict) -> None:
     )
     assert rows["AMQP (RabbitMQ)"]["persistence"].startswith("documented, not measured")
     assert rows["ZeroMQ"]["persistence"].startswith("none: no broker")
+    faults["restart"]["amqp"] = fault(0, 7)  # measured: a private node killed, started again
+    crashed = {row["transport"]: row for row in table.rows(table.figures(loaded["load"], faults))}
+    assert crashed["AMQP (RabbitMQ)"]["persistence"] == (
+        "lost 0 of 100 when the broker was killed (SIGKILL) and started again, 7 duplicated"
+    )
     advice = dict(zip(table.ROWS, table.choose_when(figures), strict=True))
     assert (
         "no message may be lost" in advice["streams"] and "lost 3 after a SIGKILL" in advice["zmq"]

@@ -5,6 +5,7 @@
 * `load`: the three shapes (fan-out, work queue, request/reply) under load: closed-loop
   throughput, open-loop latency at shared offered rates, CPU per 1,000 messages, broker
   memory with a backlog;
+* `replay`: what a reader that comes after the messages can still read;
 * `faults`: the same transports under faults (a consumer killed, a connection cut, a
   broker restarted, a slow consumer), counted with the delivery ledger;
 * `table`: the decision table computed from both results;

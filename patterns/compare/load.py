@@ -7,9 +7,9 @@ Three shapes, each with the idiomatic code of its notebook:
   them, all in one process;
 * work queue: one producer, 2 competing workers (`patterns.compare.workqueue`), both in
   one process;
-* request/reply: one requester, 2 repliers (`patterns.reqrep`: ZeroMQ DEALER/ROUTER with
-  one replier, as its requester connects to one endpoint; AMQP reply queue, AMQP direct
-  reply-to, Redis Streams), each replier a process.
+* request/reply: one requester, 2 repliers (`patterns.reqrep`: ZeroMQ DEALER/ROUTER, the
+  DEALER connected to both repliers' ROUTERs; AMQP reply queue, AMQP direct reply-to,
+  Redis Streams), each replier a process.
 
 For fan-out and work queue a producing and a consuming child run *steps*: first a
 closed loop (as fast as the producer can send, one `await` per message), then, in a
@@ -18,7 +18,9 @@ the shape, below the slowest one's closed-loop rate, each probe stamped with the
 it was *scheduled* (so a stall shows in the latency instead of slowing the load down).
 Each child reports the CPU seconds it used while working (not while importing); the
 broker's CPU is read from its process. Request/reply: a closed loop with 200 requests in
-flight, then `patterns.reqrep`'s open-loop requester at the shared rates.
+flight, then `patterns.reqrep`'s open-loop requester at the shared rates. Last, what the
+brokers hold for a backlog of unread messages, and what a reader that comes late can still
+read (`patterns.compare.replay`).
 
     python -m patterns.compare.load consume --shape fanout --transport redis --where t \
         -n 4 --counts 1000,500 --idle 5
@@ -42,7 +44,7 @@ import zmq.asyncio
 from pamqp.commands import Basic
 
 from patterns import cli, clients, config, processes
-from patterns.compare import workqueue
+from patterns.compare import replay, workqueue
 from patterns.events import OnEvent, log_event
 from patterns.measure import (
     DeliveryLedger,
@@ -437,14 +439,19 @@ async def one_transport(
 
 
 async def start_repliers(transport: str, address: str) -> list[processes.Child]:
-    """The repliers of `transport`'s requester, started at once: 2 sharing the queue or
-    stream `address`; ZeroMQ: one, bound to a free port (its requester connects to one)."""
-    if transport == "zmq":
-        return [await reqrep_load.start_replier(transport, None)]
-    count = CONSUMERS["reqrep"]
+    """The 2 repliers of `transport`'s requester, started at once: sharing the queue or
+    stream `address`; ZeroMQ: each bound to a free port (the requester connects to both)."""
+    where = None if transport == "zmq" else address
     return await processes.together(
-        *(reqrep_load.start_replier(transport, address) for _ in range(count))
+        *(reqrep_load.start_replier(transport, where) for _ in range(CONSUMERS["reqrep"]))
     )
+
+
+def address_of(transport: str, repliers: list[processes.Child]) -> str:
+    """What the requester is given: the queue or stream; ZeroMQ: every replier's endpoint."""
+    if transport == "zmq":
+        return ",".join(reqrep_load.address_of(transport, child) for child in repliers)
+    return reqrep_load.address_of(transport, repliers[0])
 
 
 def child_cpu(pids: list[int]) -> float:
@@ -563,9 +570,7 @@ async def reqrep_both(
             )
             for group in groups:
                 started += group
-            where = {
-                t: reqrep_load.address_of(t, g[0]) for t, g in zip(transports, groups, strict=True)
-            }
+            where = {t: address_of(t, g) for t, g in zip(transports, groups, strict=True)}
             pids = {t: [child.pid for child in g] for t, g in zip(transports, groups, strict=True)}
             for t in transports:
                 opened[t] = await reqrep_open_loop(t, where[t], pids[t], rates, seconds, plot)
@@ -717,6 +722,7 @@ async def under_load(
             shape, COUNT[quick], SECONDS[quick], plots.get(shape), on_event
         )
     results["backlog"] = await backlog_memory(BACKLOG[quick])
+    results["replay"] = await replay.late_readers()
     return results
 
 

@@ -1,6 +1,6 @@
 """The decision table, computed from the results of `load.under_load` and
-`faults.under_faults`; nothing in it is typed by hand but the replay column (what each
-transport *is*: no run measures it) and the names.
+`faults.under_faults`; nothing in it is typed by hand but the names (and, where
+`replay.late_readers` did not run, the replay column's words for what each transport keeps).
 
     figures = table.figures(load_results, fault_results)   # numbers, one dict per transport
     rows = table.rows(figures)                             # the same, as table cells
@@ -25,7 +25,7 @@ IN_SHAPE = {
     "amqp": {"fanout": "amqp", "workqueue": "amqp", "reqrep": "amqp"},
 }
 SHAPE_NAMES = {"fanout": "fan-out", "workqueue": "work queue", "reqrep": "request/reply"}
-REPLAY = {  # not measured: what each transport keeps once a message is delivered
+REPLAY = {  # what each transport keeps once a message is delivered, where it was not measured
     "zmq": "none: a message lives in the peers' sockets until read",
     "redis": "none: delivered to whoever is subscribed at that moment",
     "streams": "yes: entries stay in the stream (to MAXLEN); any reader reads from any id",
@@ -71,7 +71,8 @@ def figures(load: dict, faults: dict) -> dict[str, dict[str, Any]]:
                 (r["reordered"] or 0) + sum(step["reordered"] or 0 for step in r["open_loop"])
                 for r in measured.values()
             ),
-            "replay": REPLAY[row],
+            "replay": replay(load.get("replay", {}).get(row), row),
+            "replay_read": load.get("replay", {}).get(row),
         }
         held = backlog.get(row, {})
         numbers["backlog_bytes_per_message"] = (
@@ -96,6 +97,19 @@ def figures(load: dict, faults: dict) -> dict[str, dict[str, Any]]:
                 numbers[fault]["docs"] = result["docs"]
         out[row] = numbers
     return out
+
+
+def replay(read: dict | None, row: str) -> str:
+    """What a reader that came after the messages could read (`replay.late_readers`)."""
+    if read is None:
+        return f"{REPLAY[row]} (not measured)"
+    sent, late = read["sent"], read["late_reader"]
+    if late == sent:
+        return f"yes: a reader that came after {sent} messages read all {late}"
+    text = f"none: a reader that came after {sent} messages read {late}"
+    if read.get("stream_queue_late_reader") is not None:
+        text += f"; a RabbitMQ stream queue gave it {read['stream_queue_late_reader']}"
+    return text
 
 
 def _per_shape(values: dict[str, Any], unit: str = "", digits: int = 0) -> str:
@@ -132,10 +146,15 @@ def persistence(numbers: dict) -> str:
         return "none: no broker; what is in flight is in the peers' memory"
     if not restart.get("measured"):
         return "documented, not measured: durable queue + persistent messages survive a restart"
-    text = f"lost {restart['lost']:,} of {restart['sent']:,} on a restart without AOF"
-    if restart.get("lost_with_aof") is not None:
-        text += f", {restart['lost_with_aof']:,} with AOF"
-    return text
+    if restart.get("lost_with_aof") is None:  # RabbitMQ: a private node killed, started again
+        return (
+            f"lost {restart['lost']:,} of {restart['sent']:,} when the broker was killed "
+            f"(SIGKILL) and started again, {restart['duplicated']:,} duplicated"
+        )
+    return (
+        f"lost {restart['lost']:,} of {restart['sent']:,} on a restart without AOF, "
+        f"{restart['lost_with_aof']:,} with AOF"
+    )
 
 
 def backpressure(numbers: dict) -> str:
@@ -229,6 +248,8 @@ def choose_when(table: dict[str, dict]) -> list[str]:
         if restart is None:
             good.append("there must be no broker to run")
             bad.append("messages must outlive a process")
+        elif restart.get("measured") and not restart["lost"]:
+            good.append("messages must outlive a broker crash (lost 0 when it was killed)")
         elif restart.get("measured") and restart.get("lost"):
             bad.append(
                 f"messages must survive a broker restart (lost {restart['lost']:,} "
