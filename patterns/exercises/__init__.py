@@ -5,7 +5,7 @@ Each notebook ends with two or three exercises: a stub to fill in, then
 works. The solutions are notebooks of their own, in `notebooks/solutions/`.
 """
 
-from patterns.exercises import fundamentals, pubsub, reqrep, tasks  # noqa: F401 (registers their checkers)
+from patterns.exercises import compare, fundamentals, pubsub, reqrep, tasks  # noqa: F401 (registers their checkers)
 from patterns.exercises.checking import Verdict, Wrong, check
 
 __all__ = ["Verdict", "Wrong", "check"]
