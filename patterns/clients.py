@@ -246,7 +246,7 @@ async def amqp(
         # what aio_pika.connect_robust does, plus a close when the first connect fails
         connection = aio_pika.RobustConnection(URL(url), reconnect_interval=RECONNECT_S)
         try:
-            with _quiet("aiormq", "aio_pika"):  # they log each refused attempt; we do, once
+            with quiet("aiormq", "aio_pika"):  # they log each refused attempt; we do, once
                 await connection.connect(timeout=CONNECT_TIMEOUT_S)
             break
         except Exception as error:
@@ -261,7 +261,9 @@ async def amqp(
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
+def quiet(*loggers: str) -> Iterator[None]:
+    """Only these loggers' critical records, for a while (a client's own noise on a
+    connection that is expected to fail)."""
     levels = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.CRITICAL)
