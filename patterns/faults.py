@@ -187,6 +187,10 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class NodeUnavailable(RuntimeError):
+    """No RabbitMQ node of our own can start here: the message says why."""
+
+
 class RabbitNode:
     """A RabbitMQ node of our own on free loopback ports, to crash and start again: what must
     not be done to the shared one.
@@ -200,7 +204,7 @@ class RabbitNode:
     It runs the `rabbitmq-server` this machine has, with a data directory, a config file and
     no plugins of its own; as root, the packaged script runs it as the `rabbitmq` user, who
     gets the directory. Where a node cannot start here (not installed, not root nor that
-    user), `start` raises `RuntimeError` saying why, with the end of the node's log.
+    user), `start` raises `NodeUnavailable` saying why, with the end of the node's log.
     """
 
     def __init__(self) -> None:
@@ -234,7 +238,10 @@ class RabbitNode:
         (here / "enabled_plugins").write_text("[].\n")
         (here / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
         if os.getuid() == 0:  # the packaged script runs the node as rabbitmq
-            user = pwd.getpwnam("rabbitmq")
+            try:
+                user = pwd.getpwnam("rabbitmq")
+            except KeyError:
+                raise NodeUnavailable("there is no rabbitmq user to run the node as") from None
             for path in [here, *here.rglob("*")]:
                 os.chown(path, user.pw_uid, user.pw_gid)
 
@@ -249,7 +256,7 @@ class RabbitNode:
     async def start(self, timeout: float = 60.0) -> float:
         """Start the node and wait until it accepts AMQP connections; the seconds it took."""
         if shutil.which("rabbitmq-server") is None:
-            raise RuntimeError("rabbitmq-server is not installed on this machine")
+            raise NodeUnavailable("rabbitmq-server is not installed on this machine")
         if not self.workdir:
             self._prepare()
         (Path(self.workdir) / "pid").unlink(missing_ok=True)
@@ -267,7 +274,7 @@ class RabbitNode:
             async with asyncio.timeout(timeout):
                 while True:
                     if process.returncode is not None:
-                        raise RuntimeError(
+                        raise NodeUnavailable(
                             f"the RabbitMQ node exited before it was ready: {self.log()}"
                         )
                     try:
@@ -279,7 +286,7 @@ class RabbitNode:
                     return time.perf_counter() - started
         except TimeoutError:
             await self.kill()
-            raise RuntimeError(
+            raise NodeUnavailable(
                 f"the RabbitMQ node did not accept connections within {timeout:g} s"
             ) from None
 

@@ -15,6 +15,7 @@ import pytest
 
 from patterns import processes
 from patterns.compare import faults
+from patterns.faults import NodeUnavailable, RabbitNode
 
 KEYS = {"shape", "sent", "delivered", "lost", "duplicated", "reordered", "measured", "detail"}
 # messages in flight around a fault's edges, on a busy 2-core machine: what was published
@@ -93,6 +94,18 @@ def test_a_crashed_rabbitmq_node_keeps_its_durable_queue(results: dict) -> None:
         assert rabbit["backlog_at_restart"] > 0 and rabbit["published_while_away"] > 0, rabbit
     else:
         assert rabbit["measured"] is False and rabbit["docs"], rabbit
+
+
+async def test_where_no_rabbitmq_node_can_start_the_restart_is_what_the_docs_promise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def cannot_start(node: RabbitNode, timeout: float = 0.0) -> float:
+        raise NodeUnavailable("rabbitmq-server is not installed on this machine")
+
+    monkeypatch.setattr(RabbitNode, "start", cannot_start)
+    result = await faults.run_fault("restart", "amqp", quick=True)
+    assert result["measured"] is False and result["docs"], result
+    assert "not installed" in result["detail"]
 
 
 def test_a_slow_subscriber_costs_the_other_nothing(results: dict) -> None:

@@ -64,7 +64,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from patterns import cli, clients, config, processes
 from patterns.events import OnEvent, log_event
-from patterns.faults import Proxy, RabbitNode, RedisServer
+from patterns.faults import NodeUnavailable, Proxy, RabbitNode, RedisServer
 from patterns.measure import DeliveryLedger, paced, percentiles, probe, read_probe
 from patterns.pubsub import amqp_fanout, redis_pubsub, redis_streams, zmq_peers
 
@@ -857,16 +857,16 @@ async def restart_rabbitmq(trial: Trial) -> dict:
     """Crash a private RabbitMQ node (SIGKILL) at half the run and start it again; the
     subscriber's durable queue holds a backlog then (it reads at half the producer's rate).
     The producer publishes again what had no confirm when the node died."""
-    restart_at = trial.size.count // 2
-    queue = unique("restart.amqp.s1")
-    moments: dict[str, Any] = {}
     # aio-pika and aiormq log every failed reconnection, with a traceback: the crash is
     # the point here, and patterns.clients says once that the connection was lost and back
     with clients.quiet("aiormq", "aio_pika"):
-        return await crash_rabbitmq(trial, restart_at, queue, moments)
+        return await crash_rabbitmq(trial)
 
 
-async def crash_rabbitmq(trial: Trial, restart_at: int, queue: str, moments: dict) -> dict:
+async def crash_rabbitmq(trial: Trial) -> dict:
+    restart_at = trial.size.count // 2
+    queue = unique("restart.amqp.s1")
+    moments: dict[str, Any] = {}
     async with private_rabbitmq() as node, producing(trial, node.url, (queue,)) as (send, wait):
         victim = await trial.consumer(
             "s1", "--work-ms", str(2000 / trial.size.rate), env={"AMQP_URL": node.url}, target=queue
@@ -927,8 +927,8 @@ async def restart(trial: Trial) -> dict:
     if trial.transport == "amqp":
         try:
             return await restart_rabbitmq(trial)
-        except RuntimeError as error:  # no node of our own can start on this machine
-            if trial.sent_ns:  # it had started: a failure of the run, not of the machine
+        except NodeUnavailable as error:  # no node of our own can start on this machine
+            if trial.sent_ns:  # one had started: a failure of the run, not of the machine
                 raise
             return documented(str(error))
     twin = Trial(trial.fault, trial.transport, trial.shape, trial.size, trial.on_event)
