@@ -22,8 +22,10 @@ What it guarantees, and how it fails:
 * ZeroMQ hides connections and reconnects by itself, so the requester watches them with
   a socket monitor: when a replier goes away (its process dies, or it answers no
   heartbeat for 3 s), every pending request fails at once with `ChannelClosed`, after
-  the replies it sent before it left have been read (a DEALER does not say which replier
-  it dealt a request to, so with several, the others' pending requests fail too);
+  the replies it sent before it left have been read (with several repliers, the DEALER
+  deals only to those connected, ZeroMQ drops the unread replies of one that leaves, and
+  as a DEALER does not say which replier it dealt a request to, the others' pending
+  requests fail too);
 * with no replier connected, a request waits for one until its timeout, queued nowhere:
   one that timed out is never sent;
 * the replier answers every frame: the sum, or an error reply for one it cannot read or
@@ -64,9 +66,11 @@ class ZmqRequester(Requester):
         # anyway, and a receive queue at its limit with heartbeats on trips an assertion in
         # libzmq (stream_engine_base.cpp, "_input_stopped"), which aborts the process
         self._socket.rcvhwm = 0
-        # deal requests only to repliers connected now, not to an endpoint still connecting
-        # (one that died would otherwise be dealt every other request, until their timeout)
-        self._socket.immediate = True
+        # several repliers: deal requests only to those connected now, not to an endpoint
+        # still connecting (one that died would otherwise be dealt every other request,
+        # until their timeout); ZeroMQ then drops, with the connection, the replies of a
+        # replier that left before they were read. One replier: its replies stay readable
+        self._socket.immediate = len(self.endpoints) > 1
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
