@@ -124,7 +124,7 @@ async def main(options: argparse.Namespace) -> None:
         await module.worker(channels, work, exit_after=options.exit_after, on_event=report, **extra)
     else:
         result = await module.collector(
-            channels, idle_timeout=options.idle_timeout, on_event=report
+            channels, idle_timeout=options.idle_timeout, interval=options.interval, on_event=report
         )
         report("result", **result)
         if not result["complete"]:
