@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -93,6 +94,10 @@ async def test_bring_up_starts_an_installed_redis_on_loopback(monkeypatch, capsy
         assert f"starting redis-server on 127.0.0.1:{port}" in capsys.readouterr().out
         assert (await client.config_get("bind"))["bind"].startswith("127.0.0.1")
     finally:
+        workdir = None
         with contextlib.suppress(redis.exceptions.ConnectionError):
+            workdir = (await client.config_get("dir"))["dir"]  # its log, made for it
             await client.shutdown(nosave=True)
         await client.aclose()
+        if workdir and Path(workdir).name.startswith("patterns-redis-"):
+            shutil.rmtree(workdir, ignore_errors=True)
