@@ -621,9 +621,11 @@ async def completely(clean_up: Coroutine[Any, Any, None]) -> None:
 
 @contextlib.asynccontextmanager
 async def private_redis(appendonly: bool) -> AsyncIterator[RedisServer]:
-    """A RedisServer stopped and its files removed however the run ends, even when it is
+    """A RedisServer killed and its files removed however the run ends, even when it is
     cancelled while the server is still starting (`async with RedisServer()` would not
-    stop a server whose start was interrupted)."""
+    stop a server whose start was interrupted). Killed, not stopped: its data goes anyway,
+    and Redis ignores a SIGTERM while it writes its first append-only file ("Writing
+    initial AOF, can't exit"), so a stop could wait 5 s."""
     server = RedisServer(appendonly)
     try:
         await server.start()
@@ -631,7 +633,7 @@ async def private_redis(appendonly: bool) -> AsyncIterator[RedisServer]:
     finally:
 
         async def clean_up() -> None:
-            await server.stop()
+            await server.kill()
             if server.workdir:
                 shutil.rmtree(server.workdir, ignore_errors=True)
 

@@ -7,7 +7,6 @@ slow consumer of its own, and deleted at the end; 11.2 against a private `redis-
 
 import asyncio
 import contextlib
-import shutil
 import uuid
 from collections import Counter
 from typing import Any
@@ -15,10 +14,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from patterns import clients
-from patterns.compare.faults import completely
+from patterns.compare.faults import completely, private_redis
 from patterns.exercises.checking import Wrong, exercise
 from patterns.exercises.reqrep import within
-from patterns.faults import RedisServer
 
 SETTLE_S = 10.0  # how long the checker waits for its own consumer or server
 # No socket timeout: with one, redis-py sends each command under asyncio.wait_for, which on
@@ -146,9 +144,7 @@ async def durable_stream(answer: Any) -> str:
     """A private Redis without its append-only file: the answer turns it on; 500 entries are
     appended, Redis is killed with SIGKILL and started again with the settings it had."""
     stream, count = "exercise:crash", 500
-    server = RedisServer(appendonly=False)
-    try:
-        await server.start()
+    async with private_redis(appendonly=False) as server:
         async with clients.redis(server.url, **CLIENT) as redis:
             await within(answer(redis), "make_durable")
             info = await redis.info("persistence")
@@ -178,16 +174,6 @@ async def durable_stream(answer: Any) -> str:
         await server.start()
         async with clients.redis(server.url, **CLIENT) as redis:
             kept = [int(fields[b"n"]) for _, fields in await redis.xrange(stream)]
-    finally:
-
-        async def clean_up() -> None:
-            # its data goes anyway; and Redis ignores a SIGTERM while it writes its first
-            # append-only file ("Writing initial AOF, can't exit"), so a stop would wait 5 s
-            await server.kill()
-            if server.workdir:
-                shutil.rmtree(server.workdir, ignore_errors=True)
-
-        await completely(clean_up())
     if len(kept) < count:
         raise Wrong(
             f"the restarted Redis had {len(kept)} of the {count} acknowledged entries: "
